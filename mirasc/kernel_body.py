@@ -209,7 +209,8 @@ def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> 
     tiles = list({same_tile(z).id: same_tile(z) for z in staged_factors(v)}.values())
     lines = [stage(z, slot[z.id]) for z in tiles if z.id not in staged]
     staged.update(z.id for z in tiles)
-    return (lines + ["tl.debug_barrier()"] + _with_hint(v, decayed_product(v, slot)) +
+    return (lines + ["tl.debug_barrier()  # the slices below come from tiles other threads stored"] +
+            _with_hint(v, decayed_product(v, slot)) +
             ["tl.debug_barrier()  # every slice read before the slots are written again"])
 
 

@@ -997,7 +997,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
@@ -1037,7 +1037,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
         v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
@@ -1235,7 +1235,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, D):  # the summed axis i, one position at a time
             v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -1278,7 +1278,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v120 = tl.zeros((C, BV), DTYPE)
         for v120_j in range(0, C):  # the summed axis s, one position at a time
             v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -1316,7 +1316,7 @@ def chunk_state_bwd_kernel(
         v154 = (v150 + v153[:, None])
         v155 = ((-1.0) * v154)
         tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v156 = tl.zeros((C, C), DTYPE)
         for v156_j in range(0, BV):  # the summed axis o, one position at a time
             v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -1332,7 +1332,7 @@ def chunk_state_bwd_kernel(
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         v100 = (v97 * v99)
         v143 = (v100 * v103)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v157 = tl.zeros((C, BV), DTYPE)
         for v157_j in range(0, C):  # the summed axis t, one position at a time
             v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -1760,7 +1760,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
@@ -1803,7 +1803,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
         v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
@@ -1841,7 +1841,7 @@ def chunk_grad_q_1_bwd_kernel(
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
         v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
@@ -1867,7 +1867,7 @@ def chunk_grad_q_1_bwd_kernel(
         v97 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v143 = tl.zeros((C, D), DTYPE)
     for v143_j in range(0, C):  # the summed axis s, one position at a time
         v143_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v143_j)
@@ -2040,7 +2040,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
@@ -2082,7 +2082,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
         v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
@@ -2120,7 +2120,7 @@ def chunk_grad_q_2_bwd_kernel(
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     for v135_j in range(0, BV):  # the summed axis o, one position at a time
         v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
@@ -2309,7 +2309,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -2352,7 +2352,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -2390,7 +2390,7 @@ def chunk_grad_k_0_bwd_kernel(
     v143 = (v139 + v142[:, None])
     v144 = ((-1.0) * v143)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v144)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
     for v145_j in range(0, BV):  # the summed axis o, one position at a time
         v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v145_j)
@@ -2416,7 +2416,7 @@ def chunk_grad_k_0_bwd_kernel(
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v153 = tl.zeros((C, D), DTYPE)
     for v153_j in range(0, C):  # the summed axis t, one position at a time
         v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v153_j * C + tl.arange(0, C))
@@ -2615,7 +2615,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -2673,7 +2673,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -2702,7 +2702,7 @@ def chunk_grad_k_1_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -2715,7 +2715,7 @@ def chunk_grad_k_1_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -2931,7 +2931,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -2987,7 +2987,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -3016,7 +3016,7 @@ def chunk_grad_k_2_bwd_kernel(
     v149 = (v145 + v148[:, None])
     v150 = ((-1.0) * v149)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v151 = tl.zeros((C, C), DTYPE)
     for v151_j in range(0, BV):  # the summed axis o, one position at a time
         v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v151_j)
@@ -3065,7 +3065,7 @@ def chunk_grad_k_2_bwd_kernel(
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v134 = (v128 * v133)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, BV), DTYPE)
     for v152_j in range(0, C):  # the summed axis t, one position at a time
         v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v152_j * BV + tl.arange(0, BV))
@@ -3298,7 +3298,7 @@ def chunk_grad_k_3_bwd_kernel(
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -3341,7 +3341,7 @@ def chunk_grad_k_3_bwd_kernel(
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -3379,7 +3379,7 @@ def chunk_grad_k_3_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -3395,7 +3395,7 @@ def chunk_grad_k_3_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -3783,7 +3783,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -3841,7 +3841,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -3870,7 +3870,7 @@ def chunk_grad_v_0_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -3883,7 +3883,7 @@ def chunk_grad_v_0_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -4094,7 +4094,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -4137,7 +4137,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -4175,7 +4175,7 @@ def chunk_grad_v_1_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -4191,7 +4191,7 @@ def chunk_grad_v_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -4518,7 +4518,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v104 = tl.zeros((C, C), DTYPE)
     for v104_j in range(0, D):  # the summed axis i, one position at a time
         v104_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v104_j)
@@ -4561,7 +4561,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v118 = tl.zeros((C, BV), DTYPE)
     for v118_j in range(0, C):  # the summed axis s, one position at a time
         v118_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v118_j)
@@ -4599,7 +4599,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v152 = (v148 + v151[:, None])
     v153 = ((-1.0) * v152)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, C), DTYPE)
     for v154_j in range(0, BV):  # the summed axis o, one position at a time
         v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v154_j)
@@ -4627,7 +4627,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v169 = tl.zeros((C, D), DTYPE)
     for v169_j in range(0, C):  # the summed axis s, one position at a time
         v169_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v169_j * D + tl.arange(0, D))
@@ -4668,7 +4668,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v140 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v139[None, :])
     v177 = (v140 + v164 + v174)
     v178 = (v177 * tl.exp(v93))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v171 = tl.zeros((C, D), DTYPE)
     for v171_j in range(0, C):  # the summed axis t, one position at a time
         v171_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v171_j * D + tl.arange(0, D))
@@ -4678,7 +4678,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v171 += v171_x[None, :] * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a[None, :] - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v172 = ((-1.0) * v103 * v171)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, BV), DTYPE)
     for v156_j in range(0, C):  # the summed axis t, one position at a time
         v156_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + v156_j * C + tl.arange(0, C))
@@ -4893,7 +4893,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -4936,7 +4936,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -4974,7 +4974,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -4990,7 +4990,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -5301,7 +5301,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v105 = tl.zeros((C, C), DTYPE)
     for v105_j in range(0, D):  # the summed axis i, one position at a time
         v105_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v105_j)
@@ -5344,7 +5344,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v119 = tl.zeros((C, BV), DTYPE)
     for v119_j in range(0, C):  # the summed axis s, one position at a time
         v119_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v119_j)
@@ -5382,7 +5382,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v146 = (v142 + v145[:, None])
     v147 = ((-1.0) * v146)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v148 = tl.zeros((C, C), DTYPE)
     for v148_j in range(0, BV):  # the summed axis o, one position at a time
         v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v148_j)
@@ -5408,7 +5408,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v159 = tl.zeros((C, D), DTYPE)
     for v159_j in range(0, C):  # the summed axis t, one position at a time
         v159_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v159_j * C + tl.arange(0, C))
@@ -5418,7 +5418,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v159 += v159_x[:, None] * v159_y[None, :] * v159_m[:, None] * tl.exp(tl.minimum(v159_a[None, :] - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v102 * v159)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, BV), DTYPE)
     for v149_j in range(0, C):  # the summed axis t, one position at a time
         v149_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v149_j * BV + tl.arange(0, BV))
@@ -5624,7 +5624,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -5667,7 +5667,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -5705,7 +5705,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -5721,7 +5721,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -6032,7 +6032,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, D):  # the summed axis i, one position at a time
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
@@ -6072,7 +6072,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     for v113_j in range(0, C):  # the summed axis s, one position at a time
         v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
@@ -6277,7 +6277,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -6331,7 +6331,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -6360,7 +6360,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -6373,7 +6373,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -6593,7 +6593,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -6647,7 +6647,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -6676,7 +6676,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -6689,7 +6689,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -6902,7 +6902,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -6960,7 +6960,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -6989,7 +6989,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -7002,7 +7002,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -7214,7 +7214,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -7257,7 +7257,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -7295,7 +7295,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -7311,7 +7311,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -7636,7 +7636,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -7679,7 +7679,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -7717,7 +7717,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -7733,7 +7733,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -8055,7 +8055,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -8098,7 +8098,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -8136,7 +8136,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -8152,7 +8152,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
@@ -8526,7 +8526,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
@@ -8584,7 +8584,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -8613,7 +8613,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     for v150_j in range(0, C):  # the summed axis t, one position at a time
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
@@ -8626,7 +8626,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v153 = (v134 + v151)
     v154 = v153
     v136 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     for v149_j in range(0, BV):  # the summed axis o, one position at a time
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
@@ -8837,7 +8837,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     for v106_j in range(0, D):  # the summed axis i, one position at a time
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
@@ -8880,7 +8880,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     for v120_j in range(0, C):  # the summed axis s, one position at a time
         v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
@@ -8918,7 +8918,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
     tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     for v156_j in range(0, BV):  # the summed axis o, one position at a time
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
@@ -8934,7 +8934,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     for v157_j in range(0, C):  # the summed axis t, one position at a time
         v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))

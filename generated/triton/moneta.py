@@ -916,7 +916,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C) * D + v75_j)
@@ -964,7 +964,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -1239,7 +1239,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v75 = tl.zeros((C, C), DTYPE)
         for v75_j in range(0, D):  # the summed axis i, one position at a time
             v75_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -1297,7 +1297,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v93 = tl.zeros((C, BV), DTYPE)
         for v93_j in range(0, C):  # the summed axis s, one position at a time
             v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -1355,7 +1355,7 @@ def chunk_state_bwd_kernel(
         v195 = (v29 * v192)
         v198 = ((-1.0) * v195)
         tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v199 = tl.zeros((C, C), DTYPE)
         for v199_j in range(0, BV):  # the summed axis o, one position at a time
             v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v199_j)
@@ -1422,7 +1422,7 @@ def chunk_state_bwd_kernel(
             v176 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v177 = (v110 * v176)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v200 = tl.zeros((C, BV), DTYPE)
         for v200_j in range(0, C):  # the summed axis t, one position at a time
             v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v200_j * BV + tl.arange(0, BV))
@@ -1929,7 +1929,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -1987,7 +1987,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -2046,7 +2046,7 @@ def chunk_grad_q_2_bwd_kernel(
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
         v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
@@ -2183,7 +2183,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -2242,7 +2242,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -2301,7 +2301,7 @@ def chunk_grad_q_3_bwd_kernel(
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
@@ -2330,7 +2330,7 @@ def chunk_grad_q_3_bwd_kernel(
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
         v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
@@ -2450,7 +2450,7 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -2508,7 +2508,7 @@ def chunk_grad_q_4_bwd_kernel(
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -2567,7 +2567,7 @@ def chunk_grad_q_4_bwd_kernel(
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
     tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
         v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
@@ -2830,7 +2830,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C) * D + v75_j)
@@ -2879,7 +2879,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -2937,7 +2937,7 @@ def chunk_grad_k_0_bwd_kernel(
     v181 = (v29 * v179)
     v182 = ((-1.0) * v181)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v182)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v183 = tl.zeros((C, C), DTYPE)
     for v183_j in range(0, BV):  # the summed axis o, one position at a time
         v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v183_j)
@@ -2966,7 +2966,7 @@ def chunk_grad_k_0_bwd_kernel(
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v192 = tl.zeros((C, D), DTYPE)
     for v192_j in range(0, C):  # the summed axis t, one position at a time
         v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + v192_j * C + tl.arange(0, C))
@@ -3201,7 +3201,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -3258,7 +3258,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -3316,7 +3316,7 @@ def chunk_grad_k_1_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -3376,7 +3376,7 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -3627,7 +3627,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -3684,7 +3684,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -3742,7 +3742,7 @@ def chunk_grad_k_2_bwd_kernel(
     v192 = (v29 * v190)
     v193 = ((-1.0) * v192)
     tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, C), DTYPE)
     for v194_j in range(0, BV):  # the summed axis o, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v194_j)
@@ -3805,7 +3805,7 @@ def chunk_grad_k_2_bwd_kernel(
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, BV), DTYPE)
     for v195_j in range(0, C):  # the summed axis t, one position at a time
         v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v195_j * BV + tl.arange(0, BV))
@@ -4097,7 +4097,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -4154,7 +4154,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -4212,7 +4212,7 @@ def chunk_grad_v_0_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -4272,7 +4272,7 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -4520,7 +4520,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -4577,7 +4577,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -4635,7 +4635,7 @@ def chunk_grad_v_1_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -4695,7 +4695,7 @@ def chunk_grad_v_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -4828,7 +4828,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -4884,7 +4884,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -5057,7 +5057,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -5116,7 +5116,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -5175,7 +5175,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
@@ -5204,7 +5204,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis s, one position at a time
         v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
@@ -5482,7 +5482,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -5531,7 +5531,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -5589,7 +5589,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
         v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
@@ -6159,7 +6159,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -6208,7 +6208,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -6266,7 +6266,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     for v195_j in range(0, BV):  # the summed axis o, one position at a time
         v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
@@ -6295,7 +6295,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v207 = tl.zeros((C, D), DTYPE)
     for v207_j in range(0, C):  # the summed axis t, one position at a time
         v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v207_j * D + tl.arange(0, D))
@@ -6305,7 +6305,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v207 += v207_x[None, :] * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a[None, :] - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v208 = ((-1.0) * v74 * v207)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v196 = tl.zeros((C, BV), DTYPE)
     for v196_j in range(0, C):  # the summed axis t, one position at a time
         v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v196_j * C + tl.arange(0, C))
@@ -6431,7 +6431,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -6487,7 +6487,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -6546,7 +6546,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v114 = tl.zeros((C, BV), DTYPE)
     for v114_j in range(0, C):  # the summed axis t, one position at a time
         v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v114_j * BV + tl.arange(0, BV))
@@ -6669,7 +6669,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -6728,7 +6728,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -6787,7 +6787,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     for v115_j in range(0, BV):  # the summed axis o, one position at a time
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
@@ -6816,7 +6816,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     for v124_j in range(0, C):  # the summed axis t, one position at a time
         v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v124_j * C + tl.arange(0, C))
@@ -7387,7 +7387,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     for v68_j in range(0, D):  # the summed axis i, one position at a time
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
@@ -7443,7 +7443,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     for v86_j in range(0, C):  # the summed axis s, one position at a time
         v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
@@ -7714,7 +7714,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -7771,7 +7771,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -7829,7 +7829,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -7889,7 +7889,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -8134,7 +8134,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -8191,7 +8191,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -8249,7 +8249,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -8309,7 +8309,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -8551,7 +8551,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -8608,7 +8608,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -8666,7 +8666,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -8726,7 +8726,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
@@ -9057,7 +9057,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     for v75_j in range(0, D):  # the summed axis i, one position at a time
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
@@ -9114,7 +9114,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
@@ -9172,7 +9172,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
     tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     for v193_j in range(0, BV):  # the summed axis o, one position at a time
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
@@ -9232,7 +9232,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     for v194_j in range(0, C):  # the summed axis t, one position at a time
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))

@@ -594,7 +594,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -634,7 +634,7 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -754,7 +754,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
         tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
         tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v56 = tl.zeros((C, C), DTYPE)
         for v56_j in range(0, D):  # the summed axis i, one position at a time
             v56_x = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C) * D + v56_j)
@@ -797,7 +797,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
         tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
         tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, BV), DTYPE)
         for v70_j in range(0, C):  # the summed axis s, one position at a time
             v70_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -835,7 +835,7 @@ def chunk_state_bwd_kernel(
         v104 = (v100 + v103[:, None])
         v105 = ((-1.0) * v104)
         tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         for v106_j in range(0, BV):  # the summed axis o, one position at a time
             v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v106_j)
@@ -851,7 +851,7 @@ def chunk_state_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v50 = (v47 * v49)
         v93 = (v50 * v53)
-        tl.debug_barrier()
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
         v107 = tl.zeros((C, BV), DTYPE)
         for v107_j in range(0, C):  # the summed axis t, one position at a time
             v107_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v107_j * BV + tl.arange(0, BV))
@@ -1101,7 +1101,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -1144,7 +1144,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -1182,7 +1182,7 @@ def chunk_grad_q_1_bwd_kernel(
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
@@ -1208,7 +1208,7 @@ def chunk_grad_q_1_bwd_kernel(
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
@@ -1306,7 +1306,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -1348,7 +1348,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -1386,7 +1386,7 @@ def chunk_grad_q_2_bwd_kernel(
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
         v85_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
@@ -1500,7 +1500,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -1543,7 +1543,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -1581,7 +1581,7 @@ def chunk_grad_k_0_bwd_kernel(
     v93 = (v89 + v92[:, None])
     v94 = ((-1.0) * v93)
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v94)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
     for v95_j in range(0, BV):  # the summed axis o, one position at a time
         v95_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v95_j)
@@ -1607,7 +1607,7 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, D), DTYPE)
     for v103_j in range(0, C):  # the summed axis t, one position at a time
         v103_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v103_j * C + tl.arange(0, C))
@@ -1733,7 +1733,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -1788,7 +1788,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -1817,7 +1817,7 @@ def chunk_grad_k_1_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -1830,7 +1830,7 @@ def chunk_grad_k_1_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -1971,7 +1971,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 10 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -2027,7 +2027,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -2056,7 +2056,7 @@ def chunk_grad_k_2_bwd_kernel(
     v99 = (v95 + v98[:, None])
     v100 = ((-1.0) * v99)
     tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
     for v101_j in range(0, BV):  # the summed axis o, one position at a time
         v101_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v101_j)
@@ -2105,7 +2105,7 @@ def chunk_grad_k_2_bwd_kernel(
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v84 = (v78 * v83)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
     for v102_j in range(0, C):  # the summed axis t, one position at a time
         v102_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + v102_j * BV + tl.arange(0, BV))
@@ -2271,7 +2271,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -2326,7 +2326,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -2355,7 +2355,7 @@ def chunk_grad_v_0_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -2368,7 +2368,7 @@ def chunk_grad_v_0_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -2512,7 +2512,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -2567,7 +2567,7 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -2596,7 +2596,7 @@ def chunk_grad_v_1_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -2609,7 +2609,7 @@ def chunk_grad_v_1_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -2739,7 +2739,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -2779,7 +2779,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -2909,7 +2909,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -2952,7 +2952,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -2990,7 +2990,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
@@ -3016,7 +3016,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis s, one position at a time
         v93_x = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
@@ -3117,7 +3117,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, C), DTYPE)
     for v50_j in range(0, D):  # the summed axis i, one position at a time
         v50_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v50_j)
@@ -3159,7 +3159,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v64 = tl.zeros((C, BV), DTYPE)
     for v64_j in range(0, C):  # the summed axis s, one position at a time
         v64_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v64_j)
@@ -3197,7 +3197,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v91 = (v87 + v90[:, None])
     v92 = ((-1.0) * v91)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     for v93_j in range(0, BV):  # the summed axis o, one position at a time
         v93_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v93_j)
@@ -3456,7 +3456,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v54 = tl.zeros((C, C), DTYPE)
     for v54_j in range(0, D):  # the summed axis i, one position at a time
         v54_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v54_j)
@@ -3499,7 +3499,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, BV), DTYPE)
     for v68_j in range(0, C):  # the summed axis s, one position at a time
         v68_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v68_j)
@@ -3537,7 +3537,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v95 = (v91 + v94[:, None])
     v96 = ((-1.0) * v95)
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
     for v97_j in range(0, BV):  # the summed axis o, one position at a time
         v97_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v97_j)
@@ -3563,7 +3563,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v108 = tl.zeros((C, D), DTYPE)
     for v108_j in range(0, C):  # the summed axis t, one position at a time
         v108_x = tl.load(scratch + 6 * C * HID + v108_j * D + tl.arange(0, D))
@@ -3573,7 +3573,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v109 = ((-1.0) * v53 * v108)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v98 = tl.zeros((C, BV), DTYPE)
     for v98_j in range(0, C):  # the summed axis t, one position at a time
         v98_x = tl.load(scratch + 6 * C * HID + 3 * C * D + v98_j * C + tl.arange(0, C))
@@ -3702,7 +3702,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -3742,7 +3742,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -3780,7 +3780,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
     tl.store(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
     for v85_j in range(0, C):  # the summed axis t, one position at a time
         v85_x = tl.load(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + v85_j * BV + tl.arange(0, BV))
@@ -3881,7 +3881,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -3924,7 +3924,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -3962,7 +3962,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     for v85_j in range(0, BV):  # the summed axis o, one position at a time
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
@@ -3988,7 +3988,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     for v93_j in range(0, C):  # the summed axis t, one position at a time
         v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v93_j * C + tl.arange(0, C))
@@ -4214,7 +4214,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -4269,7 +4269,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -4298,7 +4298,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -4311,7 +4311,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -4455,7 +4455,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -4510,7 +4510,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -4539,7 +4539,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -4552,7 +4552,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -4682,7 +4682,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     for v49_j in range(0, D):  # the summed axis i, one position at a time
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
@@ -4722,7 +4722,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     for v63_j in range(0, C):  # the summed axis s, one position at a time
         v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
@@ -4851,7 +4851,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -4905,7 +4905,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -4934,7 +4934,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -4947,7 +4947,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -5091,7 +5091,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -5145,7 +5145,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -5174,7 +5174,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -5187,7 +5187,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -5327,7 +5327,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -5382,7 +5382,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -5411,7 +5411,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -5424,7 +5424,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
@@ -5610,7 +5610,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     for v56_j in range(0, D):  # the summed axis i, one position at a time
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
@@ -5665,7 +5665,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     for v70_j in range(0, C):  # the summed axis s, one position at a time
         v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
@@ -5694,7 +5694,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     for v100_j in range(0, C):  # the summed axis t, one position at a time
         v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
@@ -5707,7 +5707,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v103 = (v84 + v101)
     v104 = v103
     v86 = (v50 * v53)
-    tl.debug_barrier()
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     for v99_j in range(0, BV):  # the summed axis o, one position at a time
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
