@@ -177,8 +177,14 @@ def _elementwise(v: Value) -> list[str]:
 def staged_factors(v: Value) -> list[Value]:
     """The factors of an ir.DecayedProduct that hold its summed axis: each is stored to the program's scratch memory
     (`stage`) and read back one slice at a time (`decayed_product`)."""
-    (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
+    m = _summed_axis(v)
     return [z for z in v.args if m in z.axes]
+
+
+def _summed_axis(v: Value) -> str:
+    """The axis of (t, s, c) an ir.DecayedProduct sums over: the one its result lacks."""
+    (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
+    return m
 
 
 def same_tile(z: Value) -> Value:
@@ -212,12 +218,13 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
     changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D) tile; exact for any decay,
     with no guard on the host."""
     x, y, a, b, mask = v.args
-    (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
+    m = _summed_axis(v)
     nm, j = name(v), f"{name(v)}_j"
     slices: list[str] = []
+    loaded: dict[str, str] = {}  # address -> the slice loaded from it (the log-decays as a and b share a tile)
 
     def at(z: Value, label: str) -> str:
-        """z aligned to the result: whole if it lacks m, else its slice at position j (loaded first)."""
+        """z aligned to the result: whole if it lacks m, else its slice at position j (loaded once per step)."""
         if m not in z.axes:
             return align(z, v.axes)
         if z.axes == (m,):
@@ -226,11 +233,14 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
             offsets = f"tl.arange(0, {SHAPE[z.axes[0]]}) * {SHAPE[m]} + {j}"
         else:
             offsets = f"{j} * {SHAPE[z.axes[1]]} + tl.arange(0, {SHAPE[z.axes[1]]})"
-        slices.append(f"    {nm}_{label} = tl.load({bases[z.id]} + {offsets})")
+        address = f"{bases[z.id]} + {offsets}"
+        if address not in loaded:
+            loaded[address] = f"{nm}_{label}"
+            slices.append(f"    {nm}_{label} = tl.load({address})")
         rest = [ax for ax in z.axes if ax != m]
         if not rest:
-            return f"{nm}_{label}"
-        return f"{nm}_{label}{'[:, None]' if v.axes.index(rest[0]) == 0 else '[None, :]'}"
+            return loaded[address]
+        return f"{loaded[address]}{'[:, None]' if v.axes.index(rest[0]) == 0 else '[None, :]'}"
 
     factors = [at(x, "x"), at(y, "y"), at(mask, "m")]
     exponent = f"{at(a, 'a')} - {at(b, 'b')}"  # a[t, c] − b[s, c] ≤ 0 wherever the mask holds

@@ -1003,8 +1003,7 @@ def chunk_out_fwd_kernel(
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -1241,8 +1240,7 @@ def chunk_state_bwd_kernel(
             v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
             v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
             v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-            v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v98 = tl.exp(v93)  # cumulative decay in the chunk
         v101 = (q * v98)
@@ -1322,8 +1320,7 @@ def chunk_state_bwd_kernel(
             v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
             v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
             v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-            v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-            v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+            v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v165 = (v110 * v154)
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1766,8 +1763,7 @@ def chunk_grad_q_1_bwd_kernel(
         v99_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -1847,8 +1843,7 @@ def chunk_grad_q_1_bwd_kernel(
         v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
         v135_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
         v135_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
+        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v142 = tl.zeros((C, C), DTYPE)
@@ -2046,8 +2041,7 @@ def chunk_grad_q_2_bwd_kernel(
         v99_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -2126,8 +2120,7 @@ def chunk_grad_q_2_bwd_kernel(
         v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
         v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
         v135_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_b[None, :], 0.0))
+        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v141 = tl.zeros((C, D), DTYPE)
@@ -2315,8 +2308,7 @@ def chunk_grad_k_0_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -2396,8 +2388,7 @@ def chunk_grad_k_0_bwd_kernel(
         v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v145_j)
         v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v145_j)
         v145_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v145_j)
-        v145_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v145_j)
-        v145 += v145_x[:, None] * v145_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v145_a[:, None] - v145_b[None, :], 0.0))
+        v145 += v145_x[:, None] * v145_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v145_a[:, None] - v145_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v147 = (v110 * v143)
     v152 = tl.zeros((C, C), DTYPE)
@@ -2621,8 +2612,7 @@ def chunk_grad_k_1_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -2721,8 +2711,7 @@ def chunk_grad_k_1_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -2937,8 +2926,7 @@ def chunk_grad_k_2_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -3022,8 +3010,7 @@ def chunk_grad_k_2_bwd_kernel(
         v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v151_j)
         v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v151_j)
         v151_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v151_j)
-        v151_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v151_j)
-        v151 += v151_x[:, None] * v151_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v151_a[:, None] - v151_b[None, :], 0.0))
+        v151 += v151_x[:, None] * v151_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v151_a[:, None] - v151_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v110 * v149)
     v128 = v100
@@ -3304,8 +3291,7 @@ def chunk_grad_k_3_bwd_kernel(
         v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -3385,8 +3371,7 @@ def chunk_grad_k_3_bwd_kernel(
         v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -3789,8 +3774,7 @@ def chunk_grad_v_0_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -3889,8 +3873,7 @@ def chunk_grad_v_0_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -4100,8 +4083,7 @@ def chunk_grad_v_1_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -4181,8 +4163,7 @@ def chunk_grad_v_1_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -4524,8 +4505,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v104_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v104_j)
         v104_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v104_j)
         v104_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
-        v104_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
-        v104 += v104_x[:, None] * v104_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v104_a[:, None] - v104_b[None, :], 0.0))  # decayed scores
+        v104 += v104_x[:, None] * v104_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v104_a[:, None] - v104_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v97 = tl.exp(v93)  # cumulative decay in the chunk
     v99 = (q * v97)
@@ -4605,8 +4585,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v154_j)
         v154_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v154_j)
         v154_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v154_j)
-        v154_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v154_j)
-        v154 += v154_x[:, None] * v154_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v154_a[:, None] - v154_b[None, :], 0.0))
+        v154 += v154_x[:, None] * v154_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v154_a[:, None] - v154_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v161 = (v108 * v152)
     v168 = tl.zeros((C, C), DTYPE)
@@ -4899,8 +4878,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -4980,8 +4958,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5307,8 +5284,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v105_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v105_j)
         v105_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v105_j)
         v105_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
-        v105_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
-        v105 += v105_x[:, None] * v105_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v105_a[:, None] - v105_b[None, :], 0.0))  # decayed scores
+        v105 += v105_x[:, None] * v105_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v105_a[:, None] - v105_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v100 = (q * v98)
@@ -5388,8 +5364,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v148_j)
         v148_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v148_j)
         v148_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v148_j)
-        v148_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v148_j)
-        v148 += v148_x[:, None] * v148_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v148_a[:, None] - v148_b[None, :], 0.0))
+        v148 += v148_x[:, None] * v148_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v148_a[:, None] - v148_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v109 * v146)
     v158 = tl.zeros((C, C), DTYPE)
@@ -5630,8 +5605,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v106_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -5711,8 +5685,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -6038,8 +6011,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
         v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))  # decayed scores
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -6283,8 +6255,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6379,8 +6350,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -6599,8 +6569,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6695,8 +6664,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -6908,8 +6876,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -7008,8 +6975,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -7220,8 +7186,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -7301,8 +7266,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -7642,8 +7606,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -7723,8 +7686,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8061,8 +8023,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -8142,8 +8103,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8532,8 +8492,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -8632,8 +8591,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_b[None, :], 0.0))
+        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -8843,8 +8801,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
         v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
         v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))  # decayed scores
+        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -8924,8 +8881,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
         v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
         v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_b[None, :], 0.0))
+        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)

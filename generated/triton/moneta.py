@@ -922,8 +922,7 @@ def chunk_out_fwd_kernel(
         v75_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -1245,8 +1244,7 @@ def chunk_state_bwd_kernel(
             v75_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
             v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
             v75_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-            v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+            v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v69 = ((-1.0) + v66)
         v70 = (q * v69)
@@ -1361,8 +1359,7 @@ def chunk_state_bwd_kernel(
             v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v199_j)
             v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v199_j)
             v199_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v199_j)
-            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v199_j)
-            v199 += v199_x[:, None] * v199_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v199_a[:, None] - v199_b[None, :], 0.0))
+            v199 += v199_x[:, None] * v199_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v199_a[:, None] - v199_a[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v208 = (v83 * v195)
         v225 = tl.zeros((C, BV), DTYPE)
@@ -1935,8 +1932,7 @@ def chunk_grad_q_2_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -2052,8 +2048,7 @@ def chunk_grad_q_2_bwd_kernel(
         v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
         v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v121 = tl.zeros((C, D), DTYPE)
@@ -2189,8 +2184,7 @@ def chunk_grad_q_3_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -2307,8 +2301,7 @@ def chunk_grad_q_3_bwd_kernel(
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
         v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -2456,8 +2449,7 @@ def chunk_grad_q_4_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -2573,8 +2565,7 @@ def chunk_grad_q_4_bwd_kernel(
         v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
         v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v122 = tl.zeros((C, D), DTYPE)
@@ -2836,8 +2827,7 @@ def chunk_grad_k_0_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -2943,8 +2933,7 @@ def chunk_grad_k_0_bwd_kernel(
         v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v183_j)
         v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v183_j)
         v183_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * BV + v183_j)
-        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * BV + v183_j)
-        v183 += v183_x[:, None] * v183_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v183_a[:, None] - v183_b[None, :], 0.0))
+        v183 += v183_x[:, None] * v183_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v183_a[:, None] - v183_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v185 = (v83 * v181)
     v191 = tl.zeros((C, C), DTYPE)
@@ -3207,8 +3196,7 @@ def chunk_grad_k_1_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -3322,8 +3310,7 @@ def chunk_grad_k_1_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -3633,8 +3620,7 @@ def chunk_grad_k_2_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -3748,8 +3734,7 @@ def chunk_grad_k_2_bwd_kernel(
         v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v194_j)
         v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v194_j)
         v194_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v194_j)
-        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v194_j)
-        v194 += v194_x[:, None] * v194_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v194_a[:, None] - v194_b[None, :], 0.0))
+        v194 += v194_x[:, None] * v194_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v194_a[:, None] - v194_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v203 = (v83 * v192)
     v214 = tl.zeros((C, BV), DTYPE)
@@ -4103,8 +4088,7 @@ def chunk_grad_v_0_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -4218,8 +4202,7 @@ def chunk_grad_v_0_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -4526,8 +4509,7 @@ def chunk_grad_v_1_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -4641,8 +4623,7 @@ def chunk_grad_v_1_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -4834,8 +4815,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -5063,8 +5043,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -5181,8 +5160,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
         v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -5488,8 +5466,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -5595,8 +5572,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
         v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
         v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
+        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v197 = (v83 * v193)
     v204 = tl.zeros((C, D), DTYPE)
@@ -6165,8 +6141,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -6272,8 +6247,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
         v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
         v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_b[None, :], 0.0))
+        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v200 = (v83 * v193)
     v206 = tl.zeros((C, C), DTYPE)
@@ -6437,8 +6411,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -6675,8 +6648,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -6793,8 +6765,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
         v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_b[None, :], 0.0))
+        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -7393,8 +7364,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
         v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_b[None, :], 0.0))  # decayed scores
+        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -7720,8 +7690,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -7835,8 +7804,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -8140,8 +8108,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -8255,8 +8222,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -8557,8 +8523,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -8672,8 +8637,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -9063,8 +9027,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
         v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_b[None, :], 0.0))  # decayed scores
+        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -9178,8 +9141,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
         v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_b[None, :], 0.0))
+        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)

@@ -600,8 +600,7 @@ def chunk_out_fwd_kernel(
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -760,8 +759,7 @@ def chunk_state_bwd_kernel(
             v56_x = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C) * D + v56_j)
             v56_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v56_j)
             v56_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-            v56_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v48 = tl.exp(v43)  # cumulative decay in the chunk
         v51 = (q * v48)
@@ -841,8 +839,7 @@ def chunk_state_bwd_kernel(
             v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v106_j)
             v106_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v106_j)
             v106_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v106_j)
-            v106_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v106_j)
-            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_b[None, :], 0.0))
+            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v115 = (v60 * v104)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1107,8 +1104,7 @@ def chunk_grad_q_1_bwd_kernel(
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -1188,8 +1184,7 @@ def chunk_grad_q_1_bwd_kernel(
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
         v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
@@ -1312,8 +1307,7 @@ def chunk_grad_q_2_bwd_kernel(
         v49_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -1392,8 +1386,7 @@ def chunk_grad_q_2_bwd_kernel(
         v85_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
         v85_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v91 = tl.zeros((C, D), DTYPE)
@@ -1506,8 +1499,7 @@ def chunk_grad_k_0_bwd_kernel(
         v56_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
@@ -1587,8 +1579,7 @@ def chunk_grad_k_0_bwd_kernel(
         v95_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v95_j)
         v95_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v95_j)
         v95_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v95_j)
-        v95_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v95_j)
-        v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_b[None, :], 0.0))
+        v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v97 = (v60 * v93)
     v102 = tl.zeros((C, C), DTYPE)
@@ -1739,8 +1730,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1836,8 +1826,7 @@ def chunk_grad_k_1_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -1977,8 +1966,7 @@ def chunk_grad_k_2_bwd_kernel(
         v56_x = tl.load(scratch + 10 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
@@ -2062,8 +2050,7 @@ def chunk_grad_k_2_bwd_kernel(
         v101_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v101_j)
         v101_y = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v101_j)
         v101_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v101_j)
-        v101_b = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v101_j)
-        v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_b[None, :], 0.0))
+        v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = (v60 * v99)
     v78 = v50
@@ -2277,8 +2264,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2374,8 +2360,7 @@ def chunk_grad_v_0_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -2518,8 +2503,7 @@ def chunk_grad_v_1_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2615,8 +2599,7 @@ def chunk_grad_v_1_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -2745,8 +2728,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -2915,8 +2897,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -2996,8 +2977,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
         v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
@@ -3123,8 +3103,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v50_j)
         v50_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v50_j)
         v50_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
-        v50_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
-        v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_b[None, :], 0.0))  # decayed scores
+        v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
     v45 = (q * v43)
@@ -3203,8 +3182,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v93_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v93_j)
         v93_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v93_j)
         v93_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v93_j)
-        v93_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v93_j)
-        v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_b[None, :], 0.0))
+        v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v95 = (v54 * v91)
     v101 = tl.zeros((C, D), DTYPE)
@@ -3462,8 +3440,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v54_j)
         v54_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v54_j)
         v54_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
-        v54_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
-        v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_b[None, :], 0.0))  # decayed scores
+        v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v47 = tl.exp(v43)  # cumulative decay in the chunk
     v49 = (q * v47)
@@ -3543,8 +3520,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v97_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v97_j)
         v97_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v97_j)
         v97_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v97_j)
-        v97_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v97_j)
-        v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_b[None, :], 0.0))
+        v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v102 = (v58 * v95)
     v107 = tl.zeros((C, C), DTYPE)
@@ -3708,8 +3684,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -3887,8 +3862,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -3968,8 +3942,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
         v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
         v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85_b = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_b[None, :], 0.0))
+        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
@@ -4220,8 +4193,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4317,8 +4289,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -4461,8 +4432,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4558,8 +4528,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -4688,8 +4657,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
         v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
         v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49_b = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_b[None, :], 0.0))  # decayed scores
+        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -4857,8 +4825,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4953,8 +4920,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5097,8 +5063,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5193,8 +5158,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5333,8 +5297,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5430,8 +5393,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5616,8 +5578,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
         v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
         v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_b[None, :], 0.0))  # decayed scores
+        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5713,8 +5674,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
         v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
         v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99_b = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_b[None, :], 0.0))
+        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
