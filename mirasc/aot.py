@@ -160,15 +160,17 @@ def _compile_one(path: str, kernel: str, consts: dict, dtype: str, arch: int, nu
 def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, dtype: str = "bf16",
                timeout: float = 300.0, options: dict | None = None, block_hidden: int | None = None,
                only: list[str] | None = None, warps: int | None = None,
-               block_value: int | None = None, stages: int | None = None) -> list[KernelReport]:
+               block_value: int | None = None, stages: int | None = None,
+               sub_chunk: int | None = None) -> list[KernelReport]:
     """Compile every kernel of the spec's Triton module (or the ones named in `only`) for the target and report one
     row per kernel.
 
     spec: a prebuilt name, a path, spec text or a Spec (as mirasc.compile takes). The module is generated into a
     temporary folder; the kernels' sizes are those of a call with this chunk size, head dim and input dtype, and
     the launcher's warps, pipelining stages, blocks and register ceiling for the target unless `warps`, `stages`,
-    `block_hidden` or `block_value` say otherwise."""
+    `block_hidden`, `block_value` or `sub_chunk` (BC, of the channel-decay products) say otherwise."""
     from .backends.triton import check_sizes, hidden_block, max_registers, num_stages, num_warps, value_block
+    from .backends.triton import sub_chunk as default_sub_chunk
     from .codegen import generate_triton
     from .loader import load
 
@@ -183,7 +185,10 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     for what, block, whole in (("block_hidden", block_hidden, hidden), ("block_value", block_value, head_dim)):
         if block is not None and (block < 16 or block > whole or block & (block - 1)):
             raise ValueError(f"{what}: expected a power of two from 16 to {whole}, got {block}")
+    if sub_chunk is not None and (sub_chunk < 1 or sub_chunk > chunk_size or sub_chunk & (sub_chunk - 1)):
+        raise ValueError(f"sub_chunk: expected a power of two from 1 to the chunk size {chunk_size}, got {sub_chunk}")
     consts = {"C": chunk_size, "D": head_dim, "HID": hidden, "BH": block_hidden or hidden_block(hidden, head_dim),
+              "BC": sub_chunk or default_sub_chunk(chunk_size, on_gpu=True),
               "IS_VARLEN": False, "DTYPE": "fp32",
               "DOT_DTYPE": dtype, "DOT_PRECISION": "tf32" if dtype == "fp32" else "ieee"}
     reports = []

@@ -146,7 +146,8 @@ def cmd_aot(args) -> int:
             found = aot_report(spec, arch=args.arch, chunk_size=args.chunk_size, head_dim=args.head_dim,
                                dtype=args.dtype, timeout=args.timeout, options=_options(args.option),
                                block_hidden=args.block_hidden, block_value=args.block_value,
-                               warps=args.num_warps, stages=args.num_stages, only=args.only)
+                               warps=args.num_warps, stages=args.num_stages, only=args.only,
+                               sub_chunk=args.sub_chunk)
         except SpecError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--block-hidden", type=int, help="BH, the hidden-axis block of an MLP memory (default: the "
                                                     "launcher's choice)")
     a.add_argument("--block-value", type=int, help="BV, the value-axis block of value-blocked kernels")
+    a.add_argument("--sub-chunk", type=int, help="BC, the sub-chunk of channel-decay products (default: the "
+                                                 "launcher's choice)")
     a.add_argument("--num-warps", type=int, help="warps per program (default: the launcher's choice)")
     a.add_argument("--num-stages", type=int, help="software-pipelining stages of the kernels' loops (default: the "
                    "launcher's choice)")

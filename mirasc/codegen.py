@@ -164,7 +164,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         job = k.name.removeprefix("chunk_").removesuffix("_kernel")
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
-                     "tiles": round(k.tiles, 2)}
+                     "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked}
         found.append(k)
     description = {
         "spec": spec.name,

@@ -5,8 +5,8 @@ by its axes in ir.AXIS_ORDER (no batch axis): token axes have the constexpr leng
 HID. Every contraction is a `tl.dot` of two 2-D tiles (operands cast to DOT_DTYPE: bf16/fp16 as given, fp32 on
 tf32 tensor cores unless DOT_PRECISION is "ieee", fp64 exact; fp32 accumulation, fp64 for fp64) or a product whose
 tile has at most two axes; a value or product with three axes (a (C, C, D) tile) is refused, naming it. Channel
-decay between tokens comes as ir.DecayedProduct, made one position of its summed axis at a time (its factors read a
-slice at a time from the program's scratch memory).
+decay between tokens comes as ir.DecayedProduct, made by sub-chunks of BC tokens: exactly within one, by matrix
+products across them (`decayed_product`).
 
 The sequence length is a runtime argument (one compile serves every length): the chunk loop is a `while` over
 the sequence's tokens. Sequences are rows of [rows, T, ...] inputs, or, with IS_VARLEN, segments
@@ -69,9 +69,15 @@ def align(v: Value, out_axes: tuple[str, ...]) -> str:
         return TritonPrinter({}).number(sp.Float(v.op.value))
     if isinstance(v.op, ir.Size):
         return SIZE[v.op.axis] if v.op.axis not in ir.TOKEN_AXES else "nv"
-    if v.axes == out_axes or not v.axes:
-        return name(v)
-    return f"{name(v)}[{', '.join(':' if a in v.axes else 'None' for a in out_axes)}]"
+    return _spread(name(v), v.axes, out_axes)
+
+
+def _spread(expr: str, axes: tuple[str, ...], out_axes: tuple[str, ...]) -> str:
+    """A tile over `axes` indexed with None for every axis of out_axes it lacks (same relative order: both
+    canonical)."""
+    if tuple(axes) == tuple(out_axes) or not axes:
+        return expr
+    return f"{expr}[{', '.join(':' if a in axes else 'None' for a in out_axes)}]"
 
 
 def _shape(axes) -> str:
@@ -95,13 +101,19 @@ def reduces_hidden(v: Value) -> bool:
 def _dot(v: Value) -> str:
     """tl.dot for a matrix product (dotform.is_dot): operands in DOT_DTYPE, accumulation in DTYPE."""
     a, b = v.args
-    (kax,) = set(a.axes) & set(b.axes)
-    x_ax = next(x for x in a.axes if x != kax)
-    y_ax = next(x for x in b.axes if x != kax)
-    lhs = name(a) if a.axes == (x_ax, kax) else f"tl.trans({name(a)})"
-    rhs = name(b) if b.axes == (kax, y_ax) else f"tl.trans({name(b)})"
+    return dot_expr(name(a), a.axes, name(b), b.axes, v.axes)
+
+
+def dot_expr(lhs: str, lhs_axes: tuple[str, ...], rhs: str, rhs_axes: tuple[str, ...],
+             out_axes: tuple[str, ...]) -> str:
+    """tl.dot of two 2-D tiles over their shared axis, transposed as their axes and the result's require."""
+    (kax,) = set(lhs_axes) & set(rhs_axes)
+    x_ax = next(x for x in lhs_axes if x != kax)
+    y_ax = next(x for x in rhs_axes if x != kax)
+    lhs = lhs if tuple(lhs_axes) == (x_ax, kax) else f"tl.trans({lhs})"
+    rhs = rhs if tuple(rhs_axes) == (kax, y_ax) else f"tl.trans({rhs})"
     out = f"tl.dot({lhs}.to(DOT_DTYPE), {rhs}.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)"
-    return out if v.axes == (x_ax, y_ax) else f"tl.trans({out})"
+    return out if tuple(out_axes) == (x_ax, y_ax) else f"tl.trans({out})"
 
 
 def _einsum_expr(v: Value) -> str:
@@ -175,16 +187,25 @@ def _elementwise(v: Value) -> list[str]:
 
 
 def staged_factors(v: Value) -> list[Value]:
-    """The factors of an ir.DecayedProduct that hold its summed axis: each is stored to the program's scratch memory
-    (`stage`) and read back one slice at a time (`decayed_product`)."""
-    m = _summed_axis(v)
-    return [z for z in v.args if m in z.axes]
+    """The factors of an ir.DecayedProduct stored to the program's scratch memory (`stage`) for `decayed_product`:
+    those it reads at another token's position (a partner's rows, or a (t, s) entry per row), and the log-decays a,
+    whose rows at the sub-chunks' starts are the anchors."""
+    _, partner = _token_roles(v)
+    x, y, a, b, mask = v.args
+    gathered = [z for z in (x, y, mask, b) if partner in z.axes and not (z is mask and _summed_axis(v) not in "ts")]
+    return [*gathered, a]
 
 
 def _summed_axis(v: Value) -> str:
     """The axis of (t, s, c) an ir.DecayedProduct sums over: the one its result lacks."""
     (m,) = {"t", "s", ir.decay_channel(v)} - set(v.axes)
     return m
+
+
+def _token_roles(v: Value) -> tuple[str, str]:
+    """(own, partner): the token axis a step of the within-sub-chunk loop keeps whole (the result's, t where it holds
+    both) and the one it reads one position per row of (its partner token in the same sub-chunk)."""
+    return ("s", "t") if _summed_axis(v) == "t" else ("t", "s")
 
 
 def same_tile(z: Value) -> Value:
@@ -211,42 +232,95 @@ def stage(z: Value, base: str) -> str:
 
 
 def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
-    """ir.DecayedProduct: Σ over the axis m the result lacks of x·y·e^{a − b}·mask, one position of m at a time, each
-    step a register tile of the result's shape. A factor holding m was staged in scratch memory at bases[id] and its
-    slice at position j is loaded from there: a register tile's slice would cost a masked sum over the whole tile (C·D
-    operations and a cross-thread reduction per factor and step), a load costs C. The exponent is clamped at 0, which
-    changes only entries the mask zeroes. C·C·D exponentials per chunk and no (C, C, D) tile; exact for any decay,
-    with no guard on the host."""
-    x, y, a, b, mask = v.args
-    m = _summed_axis(v)
-    nm, j = name(v), f"{name(v)}_j"
-    slices: list[str] = []
-    loaded: dict[str, str] = {}  # address -> the slice loaded from it (the log-decays as a and b share a tile)
+    """ir.DecayedProduct, Σ over the axis m its result lacks of x·y·e^{a[t, c] − b[s, c]}·mask[t, s], by sub-chunks of
+    BC tokens (the scheme of flash-linear-attention's chunk_gla; derivation in docs/compiler.md):
 
-    def at(z: Value, label: str) -> str:
-        """z aligned to the result: whole if it lacks m, else its slice at position j (loaded once per step)."""
-        if m not in z.axes:
-            return align(z, v.axes)
-        if z.axes == (m,):
-            offsets = j
-        elif z.axes[1] == m:
-            offsets = f"tl.arange(0, {SHAPE[z.axes[0]]}) * {SHAPE[m]} + {j}"
-        else:
-            offsets = f"{j} * {SHAPE[z.axes[1]]} + tl.arange(0, {SHAPE[z.axes[1]]})"
-        address = f"{bases[z.id]} + {offsets}"
+    - pairs (t, s) in one sub-chunk: BC steps, step j pairing each row with the j-th token of its sub-chunk, a
+      (C, channels) tile of exponentials each, exact (the exponent clamped at 0 only where the mask is 0);
+    - pairs with s in an earlier sub-chunk than t, which starts at r: e^{a[t] − b[s]} = e^{a[t] − a[r]}·e^{a[r] − b[s]},
+      both exponents ≤ 0 (a falls along t; a[r] ≤ b[s] wherever mask[r, s] holds, and it holds for every s < r), so
+      one matrix product per sub-chunk of rows on the tensor cores, nothing that overflows.
+
+    (C/BC + 1 + BC)·C·D exponentials where a position at a time of the summed axis takes C·C·D. The factors read at
+    another token's position, and a (whose rows at the sub-chunks' starts are the anchors), come from the program's
+    scratch memory (bases: their slots)."""
+    x, y, a, b, mask = v.args
+    if not (isinstance(mask.op, ir.Mask) and mask.op.kind in ("causal", "strict")):
+        raise NotImplementedError(f"{describe(v)}: a channel-decay product needs a causal or strict mask, got "
+                                  f"{describe(mask)}")
+    m, chan = _summed_axis(v), ir.decay_channel(v)
+    own, partner = _token_roles(v)
+    nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
+    work = ir.canonical((own, chan))  # a within-sub-chunk step's tile: each row of `own` against its partner
+
+    def rows(base: str, index: str) -> str:
+        """The (C, channels) tile of a staged (token, c) factor's rows at `index`."""
+        return f"tl.load({base} + {index}[:, None] * {width} + tl.arange(0, {width})[None, :])"
+
+    loads: list[str] = []
+    loaded: dict[str, str] = {}  # address -> the tile loaded from it (a and b may be one tile)
+
+    def paired(z: Value, label: str) -> str:
+        """z at (row, its partner) aligned to `work`: whole where it lacks the partner axis, else read from scratch."""
+        if partner not in z.axes:
+            return align(z, work)
+        if chan in z.axes:
+            address = rows(bases[z.id], f"{nm}_p")
+        else:  # (t, s): the entry of each row's partner
+            t_index, s_index = (pos, f"{nm}_p") if own == "t" else (f"{nm}_p", pos)
+            address = f"tl.load({bases[z.id]} + {t_index} * C + {s_index})"
         if address not in loaded:
             loaded[address] = f"{nm}_{label}"
-            slices.append(f"    {nm}_{label} = tl.load({address})")
-        rest = [ax for ax in z.axes if ax != m]
-        if not rest:
-            return loaded[address]
-        return f"{loaded[address]}{'[:, None]' if v.axes.index(rest[0]) == 0 else '[None, :]'}"
+            loads.append(f"    {nm}_{label} = {address}")
+        return loaded[address] if chan in z.axes else f"{loaded[address]}[:, None]"
 
-    factors = [at(x, "x"), at(y, "y"), at(mask, "m")]
-    exponent = f"{at(a, 'a')} - {at(b, 'b')}"  # a[t, c] − b[s, c] ≤ 0 wherever the mask holds
-    return ([f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)",
-             f"for {j} in range(0, {SHAPE[m]}):  # the summed axis {m}, one position at a time"] + slices
-            + [f"    {nm} += {' * '.join(factors)} * tl.exp(tl.minimum({exponent}, 0.0))"])
+    factors = [paired(x, "x"), paired(y, "y")] + ([paired(mask, "m")] if m != chan else [])
+    term = f"{' * '.join(factors)} * tl.exp(tl.minimum({paired(a, 'a')} - {paired(b, 'b')}, 0.0))"
+    if m == chan:  # a (t, s) result: each row's sum over c goes to its partner's column
+        add = [f"    {nm}_d = tl.sum({term}, axis={work.index(chan)})",
+               f"    {nm} += tl.where({pos}[None, :] == {nm}_p[:, None], {nm}_d[:, None], 0.0)"]
+    else:
+        add = [f"    {nm} += {term}"]
+    lines = [f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)",
+             f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts",
+             *_across_sub_chunks(v, bases[a.id], rows(bases[a.id], f"{nm}_r")),
+             f"for {nm}_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk",
+             f"    {nm}_p = {nm}_r + {nm}_j", *loads, *add]
+    return lines + ([f"{nm} = {nm} * {name(mask)}"] if m == chan else [])
+
+
+def _across_sub_chunks(v: Value, anchor_base: str, anchor_rows: str) -> list[str]:
+    """The pairs of `decayed_product` with s in an earlier sub-chunk than t: per sub-chunk k of rows t (from r = k·BC),
+    a matrix product of the factors with e^{a[t] − a[r]} and e^{a[r] − b[s]}·[s < r], each put on the operand that
+    holds the summed axis, or on the result. The first, the same for every k, is applied once, outside the loop (on
+    an operand before it, on the result after it), so that it holds no registers across the loop."""
+    x, y, a, b, _ = v.args
+    m, chan = _summed_axis(v), ir.decay_channel(v)
+    nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
+    anchor = f"tl.load({anchor_base} + {nm}_start * {width} + tl.arange(0, {width}))"
+    lines = [f"{nm}_A = tl.exp(tl.minimum({name(a)} - {anchor_rows}, 0.0))  # e^(a[t] - a at t's sub-chunk start)"]
+    operands, per_block, after = [[name(x)], [name(y)]], [], []
+    for expr, axes, fixed in ((f"{nm}_A", a.axes, True), (f"{nm}_B", b.axes, False), (f"{nm}_rows", ("t",), False)):
+        if m not in axes:
+            (after if fixed else per_block).append(_spread(expr, axes, v.axes))  # the result's
+            continue
+        k = 0 if set(axes) <= set(x.axes) else 1
+        if fixed:
+            lines.append(f"{nm}_{'xy'[k]}A = {operands[k][0]} * {_spread(expr, axes, (x, y)[k].axes)}")
+            operands[k][0] = f"{nm}_{'xy'[k]}A"
+        else:
+            operands[k].append(_spread(expr, axes, (x, y)[k].axes))
+    sides = [(f"({' * '.join(ops)})", z.axes) for ops, z in zip(operands, (x, y))]
+    if v.axes[0] not in x.axes:  # the operand holding the result's rows first: no transposed result
+        sides.reverse()
+    product = " * ".join([*per_block, dot_expr(*sides[0], *sides[1], v.axes)])
+    lines += [f"for {nm}_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token",
+              f"    {nm}_start = {nm}_k * BC",
+              f"    {nm}_B = tl.where({pos}[:, None] < {nm}_start, "
+              f"tl.exp(tl.minimum({anchor}[None, :] - {name(b)}, 0.0)), 0.0)",
+              f"    {nm}_rows = tl.where({pos} // BC == {nm}_k, 1.0, 0.0)",
+              f"    {nm} += {product}"]
+    return lines + [f"{nm} = {nm} * {x}" for x in after]
 
 
 def line(v: Value) -> list[str]:  # noqa: C901 - one case per op

@@ -31,6 +31,13 @@ def tile_units(v: Value) -> float:
     return n / 4096
 
 
+def _working_units(v: Value) -> float:
+    """Tiles a value's making holds besides its result: a channel-decay product's matrix products across sub-chunks
+    (mirasc.emit_triton.decayed_product) keep an operand with its decay folded in, the decay of the other side and
+    the product, each (C, channels)."""
+    return 3 * _NOMINAL["t"] * _NOMINAL[ir.decay_channel(v)] / 4096 if isinstance(v.op, ir.DecayedProduct) else 0.0
+
+
 def peak_units(graph: Graph, order: list[Value]) -> float:
     """The most register tiles live at once when the values are made in `order` (each from its making to its last
     read): a static stand-in for the GPU compiler's register pressure, which decides spills."""
@@ -43,7 +50,7 @@ def peak_units(graph: Graph, order: list[Value]) -> float:
     for k, v in enumerate(order):
         units = tile_units(v)
         live += units
-        peak = max(peak, live)
+        peak = max(peak, live + _working_units(v))
         ending.setdefault(last.get(v.id, k), []).append(units)
         live -= sum(ending.pop(k, []))
     return peak

@@ -15,6 +15,7 @@ factors of a channel-decay product go through the same scratch memory (mirasc.em
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import ir
@@ -68,6 +69,12 @@ class Kernel:
     # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
+
+    @property
+    def sub_chunked(self) -> bool:
+        """Whether the kernel makes channel-decay products (mirasc.emit_triton.decayed_product), whose sub-chunk BC
+        the launcher chooses."""
+        return any(re.search(r"\bBC\b", line) for line in self.prologue + self.loop + self.epilogue)
 
     @property
     def offsets(self) -> list[str]:

@@ -34,6 +34,13 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
     assert candidates(small, "columns", 64, 256, on_gpu=True) == [small, Config(8, 16, 16)]
     assert candidates(Config(4, 8, 32), "columns", 8, 32, on_gpu=False) == [
         Config(4, 8, 32), Config(4, 4, 32), Config(4, 8, 16)]
+    # a kernel with channel-decay products: the whole chunk as one sub-chunk too (one without products has BC 0)
+    products = Config(4, 32, 32, sub_chunk=16)
+    assert candidates(products, "none", 64, 64, on_gpu=True, chunk_size=64) == [
+        products, Config(8, 32, 32, 16), Config(4, 32, 32, 64)]
+    assert candidates(Config(4, 32, 32, 64), "none", 64, 64, on_gpu=True, chunk_size=64) == [
+        Config(4, 32, 32, 64), Config(8, 32, 32, 64)]
+    assert candidates(default, "partial", 64, 64, on_gpu=True, chunk_size=64) == [default, Config(4, 32, 32)]
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):
@@ -65,10 +72,12 @@ def _max_error(a, b) -> float:
 @pytest.mark.parametrize("name, prefer", [
     ("mamba2", lambda c: c.block_value),  # smallest value block first: the columns kernels change config
     ("ttt_mlp", lambda c: c.block_hidden),  # smallest hidden block first
+    ("gla", lambda c: -c.sub_chunk),  # channel decay: the whole chunk as one sub-chunk first
 ])
 def test_tuned_kernels_match_torch_and_are_timed_once(name, prefer, monkeypatch):
-    tri = mirasc.compile(MODELS / f"{name}.miras", backend="triton")
-    ref = mirasc.compile(MODELS / f"{name}.miras", backend="torch")
+    path = MODELS / f"{name}.miras" if name != "gla" else MODELS.parent / "bench" / "specs" / "gla.miras"
+    tri = mirasc.compile(path, backend="triton")
+    ref = mirasc.compile(path, backend="torch")
     timed = []
 
     def timer(run, config):
@@ -97,10 +106,11 @@ def test_tuned_kernels_match_torch_and_are_timed_once(name, prefer, monkeypatch)
         row = rows[f"chunk_{job}_kernel"]
         assert row["chosen"] == min(row["seconds"], key=row["seconds"].get)
         assert row["sizes"]["D"] == str(D)
-        if info["value_blocks"] == "columns":
+        if name == "mamba2" and info["value_blocks"] == "columns":
             assert row["chosen"].block_value == D // 2, (job, row)
         if name == "ttt_mlp":
             assert row["chosen"].block_hidden == 2 * D, (job, row)  # hidden 4·D in two blocks
+        assert row["chosen"].sub_chunk == (8 if info["sub_chunks"] else 0), (job, row)  # sub-chunks of 4 or 8
 
 
 def test_a_candidate_that_does_not_fit_is_skipped():

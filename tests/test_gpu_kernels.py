@@ -158,8 +158,12 @@ def test_aot_finds_every_kernel_in_the_description():
     jobs = generated_description(text)["kernels"]
     names = re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", text)
     assert not any(n.endswith("_cube") for n in names), names
-    assert "DecayedProduct" not in text and "the summed axis" in text  # the decay is made pair by pair
+    assert "DecayedProduct" not in text and "pairs in one sub-chunk" in text  # the decay is made by sub-chunks
     assert sorted(job_of(n) for n in names) == sorted(jobs)
+    # the kernels that make products, and only those, take their sub-chunk from the launcher
+    assert {job for job, info in jobs.items() if info["sub_chunks"]} == {
+        job_of(n) for n in names if "pairs in one sub-chunk" in text.split(f"def {n}(")[1].split("@triton.jit")[0]}
+    assert any(info["sub_chunks"] for info in jobs.values()) and not all(info["sub_chunks"] for info in jobs.values())
 
 
 @pytest.mark.parametrize("args, said", [
@@ -167,6 +171,7 @@ def test_aot_finds_every_kernel_in_the_description():
     (["--chunk-size", "0"], "chunk_size: the Triton backend needs a power of two, got 0"),
     (["--chunk-size", "8"], "need chunk_size and D of at least 16"),
     (["--block-value", "8"], "block_value: expected a power of two from 16 to 64, got 8"),
+    (["--sub-chunk", "128"], "sub_chunk: expected a power of two from 1 to the chunk size 64, got 128"),
     (["--only", "chunk_nope_kernel"], "titans has no kernel chunk_nope_kernel; its kernels: chunk_state_fwd_kernel"),
 ])
 def test_aot_refuses_sizes_and_kernels_before_compiling(args, said, capsys):

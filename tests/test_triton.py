@@ -391,6 +391,31 @@ def test_triton_channel_decay_by_value_blocks_matches_torch(monkeypatch):
     assert max(err.values()) < 1e-10, err
 
 
+@pytest.mark.parametrize("sub_chunk", [1, 16])
+def test_triton_channel_decay_any_sub_chunk_matches_torch(monkeypatch, sub_chunk):
+    """The channel-decay products by sub-chunks (emit_triton.decayed_product) at the two ends of the scheme, beside the
+    interpreter's default of 4 that every other channel-decay test takes: sub-chunks of one token (every pair but
+    (t, t) through the matrix products across sub-chunks) and of the whole chunk of 16 (every pair made exactly, a
+    GPU's BC at C = 16). A channel-decay linear memory, three chunks (the last partial), decays from e^{-6.5} a token
+    to almost none; fp64 against the torch backend, every output and gradient."""
+    import mirasc.backends.triton as backend
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "specs" / "gla.miras"
+    tri, ref = mirasc.compile(path, backend="triton"), mirasc.compile(path, backend="torch")
+    ins = list(make_inputs(ref, 1, 37, 2, D, dtype=torch.float64, seed=8))
+    alpha = ins[3]["alpha"].clone()
+    alpha[:, :, :, : D // 2] = alpha[:, :, :, : D // 2] ** 40  # half the channels decay strongly
+    ins[3] = {**ins[3], "alpha": alpha}
+    monkeypatch.setattr(backend, "INTERPRETER_SUB_CHUNK", sub_chunk)
+    got = _run(tri, _to(ins), 16)
+    got = (got[0].cpu(), [x.cpu() for x in got[1]], {n: x.cpu() for n, x in got[2].items()})
+    want = _run(ref, ins, 16)
+    for grads in (got[2], want[2]):
+        grads["gate alpha"] = grads["gate alpha"] * alpha  # its gradient in log space (see the e^{-46} test above)
+    err = _errors(got, want)
+    assert max(err.values()) < 1e-10, err
+
+
 def test_dot_precision_is_checked(ops):
     tri, _ = ops("mamba2")
     assert tri.dot_precision == "tf32" and tri.with_dot_precision("ieee").dot_precision == "ieee"

@@ -23,30 +23,81 @@ DESCRIPTION = {'spec': 'deltanet',
             ['v', ['t', 'o'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 6.0},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 6.0},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 8.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 4.0},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 6.0},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 5.0},
-             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 4.0},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
+ 'kernels': {'state_fwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 6.0,
+                           'sub_chunks': False},
+             'out_fwd': {'grid': 'chunks',
+                         'scratch': [],
+                         'value_blocks': 'columns',
+                         'tiles': 6.0,
+                         'sub_chunks': False},
+             'state_bwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 8.0,
+                           'sub_chunks': False},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 4.0,
+                              'sub_chunks': False},
+             'grad_q_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 6.0,
+                              'sub_chunks': False},
+             'grad_k_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_2_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_3_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 5.0,
+                              'sub_chunks': False},
+             'grad_k_4_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 4.0,
+                              'sub_chunks': False},
+             'grad_v_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_v_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 4.0},
+                                     'tiles': 4.0,
+                                     'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 4.0},
+                                     'tiles': 4.0,
+                                     'sub_chunks': False},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 6.0}},
+                                     'tiles': 6.0,
+                                     'sub_chunks': False}},
  'stored': [['stored_0', ['t', 's']]]}
 
 
@@ -54,7 +105,7 @@ DESCRIPTION = {'spec': 'deltanet',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -114,7 +165,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -166,7 +217,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -226,7 +277,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -278,7 +329,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -316,7 +367,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -386,7 +437,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -439,7 +490,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -492,7 +543,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -563,7 +614,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_k_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `k`."""
@@ -621,7 +672,7 @@ def chunk_grad_k_4_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -671,7 +722,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -721,7 +772,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -774,7 +825,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -828,7 +879,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""

@@ -24,66 +24,126 @@ DESCRIPTION = {'spec': 'gated_deltanet',
             ['gate_alpha', ['t'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 6.0},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 6.0},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 8.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 4.0},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 6.0},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_2_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_3_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 5.0},
-             'grad_k_4_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 4.0},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
+ 'kernels': {'state_fwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 6.0,
+                           'sub_chunks': False},
+             'out_fwd': {'grid': 'chunks',
+                         'scratch': [],
+                         'value_blocks': 'columns',
+                         'tiles': 6.0,
+                         'sub_chunks': False},
+             'state_bwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 8.0,
+                           'sub_chunks': False},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 4.0,
+                              'sub_chunks': False},
+             'grad_q_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 6.0,
+                              'sub_chunks': False},
+             'grad_k_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_2_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_3_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 5.0,
+                              'sub_chunks': False},
+             'grad_k_4_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 4.0,
+                              'sub_chunks': False},
+             'grad_v_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_v_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 3.0},
+                                       'tiles': 3.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 3.0},
+                                       'tiles': 3.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 5.0},
+                                       'tiles': 5.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_5_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 6.0},
+                                       'tiles': 6.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_6_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_7_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_8_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 6.0},
+                                       'tiles': 6.0,
+                                       'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 4.0},
+                                     'tiles': 4.0,
+                                     'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 4.0},
+                                     'tiles': 4.0,
+                                     'sub_chunks': False},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'partial',
-                                     'tiles': 6.0}},
+                                     'tiles': 6.0,
+                                     'sub_chunks': False}},
  'stored': [['stored_0', ['t', 's']]]}
 
 
@@ -91,7 +151,7 @@ DESCRIPTION = {'spec': 'gated_deltanet',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -163,7 +223,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -222,7 +282,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -295,7 +355,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -353,7 +413,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -396,7 +456,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -475,7 +535,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -537,7 +597,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -596,7 +656,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -676,7 +736,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_k_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `k`."""
@@ -743,7 +803,7 @@ def chunk_grad_k_4_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -800,7 +860,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -854,7 +914,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -900,7 +960,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -947,7 +1007,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -1017,7 +1077,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -1084,7 +1144,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -1148,7 +1208,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_alpha_5_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `gate_alpha`."""
@@ -1232,7 +1292,7 @@ def chunk_grad_gate_alpha_5_bwd_kernel(
 def chunk_grad_gate_alpha_6_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `gate_alpha`."""
@@ -1298,7 +1358,7 @@ def chunk_grad_gate_alpha_6_bwd_kernel(
 def chunk_grad_gate_alpha_7_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 7 of the gradient of one chunk's `gate_alpha`."""
@@ -1363,7 +1423,7 @@ def chunk_grad_gate_alpha_7_bwd_kernel(
 def chunk_grad_gate_alpha_8_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 8 of the gradient of one chunk's `gate_alpha`."""
@@ -1448,7 +1508,7 @@ def chunk_grad_gate_alpha_8_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -1510,7 +1570,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -1570,7 +1630,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""

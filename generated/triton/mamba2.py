@@ -23,31 +23,71 @@ DESCRIPTION = {'spec': 'mamba2',
             ['v', ['t', 'o'], True],
             ['gate_alpha', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 4.0},
-             'out_fwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 4.0},
-             'state_bwd': {'grid': 'sequences', 'scratch': [], 'value_blocks': 'columns', 'tiles': 4.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_k_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'partial', 'tiles': 3.0},
-             'grad_v_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
-             'grad_v_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'columns', 'tiles': 3.0},
+ 'kernels': {'state_fwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 4.0,
+                           'sub_chunks': False},
+             'out_fwd': {'grid': 'chunks',
+                         'scratch': [],
+                         'value_blocks': 'columns',
+                         'tiles': 4.0,
+                         'sub_chunks': False},
+             'state_bwd': {'grid': 'sequences',
+                           'scratch': [],
+                           'value_blocks': 'columns',
+                           'tiles': 4.0,
+                           'sub_chunks': False},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_q_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_k_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_v_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
+             'grad_v_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'columns',
+                              'tiles': 3.0,
+                              'sub_chunks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 3.0},
+                                       'tiles': 3.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 3.0},
+                                       'tiles': 3.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [],
                                        'value_blocks': 'partial',
-                                       'tiles': 4.0}},
+                                       'tiles': 4.0,
+                                       'sub_chunks': False}},
  'stored': []}
 
 
@@ -55,7 +95,7 @@ DESCRIPTION = {'spec': 'mamba2',
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, final_w1_ptr, starts_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -115,7 +155,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, out_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -170,7 +210,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -219,7 +259,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -271,7 +311,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -314,7 +354,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -369,7 +409,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -421,7 +461,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -476,7 +516,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -528,7 +568,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -580,7 +620,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -641,7 +681,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -699,7 +739,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""

@@ -37,7 +37,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['t', 'h']],
                            'value_blocks': 'none',
-                           'tiles': 9.0},
+                           'tiles': 9.0,
+                           'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h'],
                                      ['h'],
@@ -48,16 +49,17 @@ DESCRIPTION = {'spec': 'memora',
                                      ['o'],
                                      ['o', 'h'],
                                      ['t', 'h'],
-                                     ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
-                         'tiles': 10.0},
+                         'tiles': 12.0,
+                         'sub_chunks': True},
              'state_bwd': {'grid': 'sequences',
-                           'scratch': [['h'],
+                           'scratch': [['h', 'i'],
+                                       ['h'],
                                        ['h'],
                                        ['h'],
                                        ['h', 'i'],
@@ -73,17 +75,19 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['h', 'i'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['o', 'h'],
-                                       ['o', 'h'],
-                                       ['o'],
-                                       ['o', 'h'],
-                                       ['o', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
                                        ['h', 'i'],
                                        ['h'],
                                        ['h'],
-                                       ['t', 'i'],
+                                       ['o', 'h'],
+                                       ['o'],
+                                       ['o', 'h'],
+                                       ['h'],
+                                       ['h'],
                                        ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
@@ -91,31 +95,36 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 's'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
-                           'tiles': 27.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
+                           'tiles': 29.5,
+                           'sub_chunks': True},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'none',
+                              'tiles': 2.0,
+                              'sub_chunks': False},
              'grad_q_1_bwd': {'grid': 'chunks',
-                              'scratch': [['h'],
+                              'scratch': [['h', 'i'],
+                                          ['h'],
                                           ['h'],
                                           ['h', 'i'],
-                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
                                           ['o'],
                                           ['o', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 12.0},
+                              'tiles': 15.0,
+                              'sub_chunks': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -128,15 +137,14 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 10.0},
+                              'tiles': 13.0,
+                              'sub_chunks': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -150,16 +158,16 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 13.0},
+                              'tiles': 16.0,
+                              'sub_chunks': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -173,7 +181,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -181,7 +188,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 17.0},
+                              'tiles': 19.0,
+                              'sub_chunks': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -200,7 +208,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -208,7 +215,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 19.0},
+                              'tiles': 21.0,
+                              'sub_chunks': True},
              'grad_k_3_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
@@ -227,15 +235,16 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['h', 'i'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['o', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['h', 'i'],
                                           ['o', 'h'],
                                           ['o'],
                                           ['o', 'h'],
-                                          ['h', 'i'],
                                           ['h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -243,7 +252,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 27.0},
+                              'tiles': 29.5,
+                              'sub_chunks': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['h'],
@@ -257,7 +267,6 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -265,29 +274,32 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 17.0},
+                              'tiles': 19.0,
+                              'sub_chunks': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h'],
                                           ['h'],
-                                          ['h', 'i'],
-                                          ['h'],
-                                          ['h', 'i'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
                                           ['o', 'h'],
                                           ['o'],
                                           ['o', 'h'],
+                                          ['h', 'i'],
+                                          ['h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['o', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['o', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['o', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
                                           ['o'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -295,9 +307,11 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 26.5},
+                              'tiles': 28.0,
+                              'sub_chunks': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
-                                       'scratch': [['h'],
+                                       'scratch': [['h', 'i'],
+                                                   ['h'],
                                                    ['h'],
                                                    ['h', 'i'],
                                                    ['t', 'h'],
@@ -305,25 +319,28 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['o', 'h'],
                                                    ['o'],
                                                    ['o', 'h'],
-                                                   ['s', 'h'],
-                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
-                                                   ['t', 's']],
+                                                   ['t', 'i']],
                                        'value_blocks': 'none',
-                                       'tiles': 22.0},
+                                       'tiles': 23.5,
+                                       'sub_chunks': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['h'],
-                                                   ['h'],
+                                       'scratch': [['h', 'i'],
                                                    ['h', 'i'],
+                                                   ['h'],
+                                                   ['h'],
                                                    ['h', 'i'],
                                                    ['h'],
                                                    ['h', 'i'],
@@ -338,12 +355,13 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
+                                                   ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['o', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['o', 'h'],
                                                    ['o'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -351,9 +369,11 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
-                                       'tiles': 27.0},
+                                       'tiles': 29.5,
+                                       'sub_chunks': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['h'],
+                                     'scratch': [['h', 'i'],
+                                                 ['h'],
                                                  ['h'],
                                                  ['h', 'i'],
                                                  ['t', 'h'],
@@ -365,16 +385,17 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
                                                  ['t', 'o'],
-                                                 ['t', 's']],
+                                                 ['t', 's'],
+                                                 ['t', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 15.0},
+                                     'tiles': 18.0,
+                                     'sub_chunks': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h'],
                                                  ['h'],
@@ -392,12 +413,13 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
+                                                 ['h', 'i'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['o', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['o', 'h'],
                                                  ['o'],
-                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -405,7 +427,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
-                                     'tiles': 26.0},
+                                     'tiles': 28.5,
+                                     'sub_chunks': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
@@ -416,14 +439,14 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o'],
                                                   ['o', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
-                                      'tiles': 10.0},
+                                      'tiles': 12.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -437,7 +460,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -445,7 +467,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 18.0},
+                                      'tiles': 20.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -459,7 +482,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -467,7 +489,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 17.0},
+                                      'tiles': 19.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['h'],
@@ -481,7 +504,6 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -489,29 +511,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 17.0},
+                                      'tiles': 19.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
-                                                  ['h', 'i'],
-                                                  ['h'],
-                                                  ['h', 'i'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
                                                   ['o', 'h'],
+                                                  ['h', 'i'],
+                                                  ['h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['o', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -519,29 +544,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 26.5},
+                                      'tiles': 28.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_5_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
-                                                  ['h', 'i'],
-                                                  ['h'],
-                                                  ['h', 'i'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
                                                   ['o', 'h'],
+                                                  ['h', 'i'],
+                                                  ['h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['o', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -549,29 +577,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 26.5},
+                                      'tiles': 28.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_6_bwd': {'grid': 'chunks',
                                       'scratch': [['h'],
                                                   ['h'],
-                                                  ['h', 'i'],
-                                                  ['h'],
-                                                  ['h', 'i'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
                                                   ['o', 'h'],
+                                                  ['h', 'i'],
+                                                  ['h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['o', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -579,8 +610,13 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 26.5},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
+                                      'tiles': 28.0,
+                                      'sub_chunks': True},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks',
+                                    'scratch': [],
+                                    'value_blocks': 'none',
+                                    'tiles': 1.0,
+                                    'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['h'],
@@ -594,7 +630,6 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -602,29 +637,32 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
-                                    'tiles': 17.0},
+                                    'tiles': 19.0,
+                                    'sub_chunks': True},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h'],
                                                 ['h'],
-                                                ['h', 'i'],
-                                                ['h'],
-                                                ['h', 'i'],
-                                                ['t', 'h'],
-                                                ['t', 'h'],
                                                 ['o', 'h'],
                                                 ['o'],
                                                 ['o', 'h'],
+                                                ['h', 'i'],
+                                                ['h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['o', 'h'],
+                                                ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'h'],
+                                                ['o', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['o', 'h'],
                                                 ['o', 'h'],
                                                 ['o', 'h'],
                                                 ['o'],
-                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -632,7 +670,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
-                                    'tiles': 26.5}},
+                                    'tiles': 28.0,
+                                    'sub_chunks': True}},
  'stored': []}
 
 
@@ -640,7 +679,7 @@ DESCRIPTION = {'spec': 'memora',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -840,7 +879,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -871,7 +910,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v111, v112, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -994,16 +1033,25 @@ def chunk_out_fwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
-        v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = q * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -1033,17 +1081,26 @@ def chunk_out_fwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
-    for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
-        v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v113_start = v113_k * BC
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
+        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v113 = v113 * v113_A
+    for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v113_p = v113_r + v113_j
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
@@ -1070,7 +1127,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1105,7 +1162,13 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v218, v219, v231, v236, v238, q, v105, v93, v118, v119, causal, v155
+        scratch = scratch_ptr + slot * (5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v47, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v234, v236, v237, v214, v216, v218, v225, v238, v105, v93, v118, v119, causal, v155
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+        v11 = tl.sum((v10), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+        v13 = tl.sum((v12), axis=0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v15 = tl.sum((v14), axis=0)
@@ -1114,12 +1177,15 @@ def chunk_state_bwd_kernel(
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+            v51 = (v11[None, :] * v50)
+            tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v51)
             v18 = (w1 * v15[None, :])
             v19 = tl.sum((v18), axis=1)
-            tl.store(scratch + offs_h, v19)
+            tl.store(scratch + HID * D + offs_h, v19)
             v20_c0 = (0.5 * v19)
             v20 = (v20_c0 * (1.0 + tl.math.erf((v20_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + HID + offs_h, v20)
+            tl.store(scratch + HID * D + HID + offs_h, v20)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v21 = (w2 * v20[None, :])
             v22 += tl.sum((v21), axis=1)
@@ -1137,22 +1203,49 @@ def chunk_state_bwd_kernel(
         v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v17 = tl.sum((v16), axis=0)
         v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+        v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v38 = tl.sum((v37), axis=0)
         v39 = (v38 / (D))
         v40 = (2.0 * v26 * v39)
-        v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v41 = (v36 + v40)
         v42 = ((-1.0) * v41)
         v43 = tl.sum((v42), axis=0)
         v44 = (v43 / (D))
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-        v11 = tl.sum((v10), axis=0)
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-        v13 = tl.sum((v12), axis=0)
+        v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+        v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+        v93 = tl.cumsum(v92, axis=0, reverse=False)
+        v98 = tl.exp(v93)  # cumulative decay in the chunk
+        v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v129 = tl.sum((v128), axis=0)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v101 = (q * v98)
+        v103 = k
+        v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+        v99 = v62
+        v105 = (v103 * v99)
+        v94 = v93
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
+        v106 = tl.zeros((C, C), DTYPE)
+        v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_xA = q * v106_A
+        for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v106_start = v106_k * BC
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+            v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v106_p = v106_r + v106_j
+            v106_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+            v106_b = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+            v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+            v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+        v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+        tl.debug_barrier()  # every slice read before the slots are written again
         v34 = v11
         v35 = v13
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -1163,30 +1256,29 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v46 = (w2 * v45[:, None])
             v47 = tl.sum((v46), axis=0)
-            tl.store(scratch + 2 * HID + offs_h, v47)
-            v19 = tl.load(scratch + offs_h)
+            tl.store(scratch + HID * D + 2 * HID + offs_h, v47)
+            v19 = tl.load(scratch + HID * D + offs_h)
             v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
             v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-            v51 = (v11[None, :] * v50)
+            v51 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-            tl.store(scratch + 3 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+            tl.store(scratch + HID * D + 3 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
             v53_max = tl.max(v52, axis=1)
             v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-            tl.store(scratch + 3 * HID + HID * D + offs_h, v53)
+            tl.store(scratch + 2 * HID * D + 3 * HID + offs_h, v53)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v142 = (v129[None, :] * d_new_w1)
+            tl.store(scratch + 2 * HID * D + 4 * HID + offs_h[:, None] * D + offs_i[None, :], v142)
             v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-            tl.store(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+            v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 4 * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
             v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-            v64_c0 = (0.5 * v63)
-            v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-            v20 = tl.load(scratch + HID + offs_h)
+            tl.store(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
             v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
             v57 = (v34[:, None] * v56)
+            v20 = tl.load(scratch + HID * D + HID + offs_h)
             v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+            tl.store(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
             v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
             v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
             v59_max = v59_new
@@ -1196,10 +1288,13 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v58 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-            v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
+            v63 = tl.load(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v64_c0 = (0.5 * v63)
+            v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
             v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v66 = tl.sum((v65), axis=1)
@@ -1212,38 +1307,41 @@ def chunk_state_bwd_kernel(
         v73 = k
         v74 = (v72 + v73)  # memory output M(x)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
+        v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v68 * v79[:, None])
-        v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v103 = k
-        v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-        v99 = v62
-        v105 = (v103 * v99)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-        v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-        v93 = tl.cumsum(v92, axis=0, reverse=False)
-        v94 = v93
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-        tl.debug_barrier()  # the slices below come from tiles other threads stored
-        v106 = tl.zeros((C, C), DTYPE)
-        for v106_j in range(0, D):  # the summed axis i, one position at a time
-            v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-            v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-            v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-        tl.debug_barrier()  # every slice read before the slots are written again
-        v98 = tl.exp(v93)  # cumulative decay in the chunk
-        v101 = (q * v98)
+        v110 = v98
+        v111 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+            v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 3 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
+            v63 = tl.load(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+            v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v104 = v87
+            v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v102 = tl.load(scratch + 3 * HID * D + 4 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v108 = (v102 - v107)
+            tl.store(scratch + 3 * HID * D + 4 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+            v64 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v116 = v64
+            tl.store(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+            v109_c0 = (0.5 * v108)
+            v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
+            v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v112 = (v110 * v111)
         v117 = v85
         v115 = v99
         v119 = (v117 * v115)
@@ -1253,47 +1351,30 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-            v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-            v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v104 = v87
-            v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v54 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-            v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v108 = (v102 - v107)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-            v109_c0 = (0.5 * v108)
-            v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-            v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v116 = v64
-            tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+            v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v116 = tl.load(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v120 = tl.zeros((C, BV), DTYPE)
-        for v120_j in range(0, C):  # the summed axis s, one position at a time
-            v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-            v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-            v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-            v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-            v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+        v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 = v120 * v120_A
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_x = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+            v120_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v120_m = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+            v120_b = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v110 = v98
-        v111 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v112 = (v110 * v111)
         v121 = (v112 - v120)
         v122 = tl.sum((v121), axis=1)
         v123 = (v122 / (D))
@@ -1302,25 +1383,34 @@ def chunk_state_bwd_kernel(
         v126 = tl.sum((v125), axis=1)
         v127 = (v126 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
         v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
         v147 = tl.sum((v146), axis=1)
         v148 = (v147 / (D))
         v149 = (2.0 * v124 * v148[:, None])
-        v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
         v150 = (v145 + v149)
         v151 = ((-1.0) * v150)
         v152 = tl.sum((v151), axis=1)
         v153 = (v152 / (D))
         v154 = (v150 + v153[:, None])
         v155 = ((-1.0) * v154)
-        tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v156 = tl.zeros((C, C), DTYPE)
-        for v156_j in range(0, BV):  # the summed axis o, one position at a time
-            v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-            v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-            v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-            v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
+        v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v156_xA = v155 * v156_A
+        for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v156_start = v156_k * BC
+            v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+            v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+            v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v156_p = v156_r + v156_j
+            v156_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v156_b = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+            v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+        v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         v165 = (v110 * v154)
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1329,159 +1419,188 @@ def chunk_state_bwd_kernel(
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         v100 = (v97 * v99)
         v143 = (v100 * v103)
-        tl.debug_barrier()  # the slices below come from tiles other threads stored
-        v157 = tl.zeros((C, BV), DTYPE)
-        for v157_j in range(0, C):  # the summed axis t, one position at a time
-            v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-            v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-            v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-            v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-            v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
-        tl.debug_barrier()  # every slice read before the slots are written again
-        v158 = (v115 * v157)
         v130 = v100
-        v178 = tl.zeros((C, BV), DTYPE)
+        v139 = (v130 * v117)
         v137 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+            v116 = tl.load(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+            v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v168 = (v159 + v166)
-            v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v108 = tl.load(scratch + 3 * HID * D + 4 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
             v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-            v170 = ((-1.0) * v169)
-            v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 3 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v174)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v141 = ((-1.0) * d_new_w1)
             v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v170 = ((-1.0) * v169)
+            v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v172 = (v144 + v171)
             v173 = v172
-            tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-            v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-            v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-            v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v135 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
-            v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v138 = (v130 * v137)
-        v161 = (v138 + v158)
-        v162 = v161
-        v179 = (v162 + v178)
-        v180 = tl.sum((v179), axis=1)
-        v181 = (v180 / (D))
-        v182 = ((-1.0) * v181)
-        v183 = (v179 + v182[:, None])
-        v185 = (2.0 * v68 * v183)
-        v186 = tl.sum((v185), axis=1)
-        v187 = (v186 / (D))
-        v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v195 = (v191 + v194)
-        v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v198 = tl.sum((v197), axis=1)
-        v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v190 = tl.sum((v189), axis=1)
-        v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v193 = tl.sum((v192), axis=1)
-        v199 = (v190 + v193 + v198)
-        v200 = (v199 / (D))
-        v201 = (2.0 * v68 * v200[:, None])
-        v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v184 = (2.0 * v79[:, None] * v183)
-        v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-        v202 = (v184 + v188 + v196 + v201)
-        v203 = ((-1.0) * v202)
-        v204 = tl.sum((v203), axis=1)
-        v205 = (v204 / (D))
-        v206 = (v202 + v205[:, None])
-        v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v129 = tl.sum((v128), axis=0)
-        v131 = v129
-        v216 = tl.zeros((BV,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v136 = (v131[:, None] * d_new_w2)
-            v213 = (v136 + v167 + v177 + v208)
-            v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v214 = (v213 * tl.exp((v58 - v59[:, None])))
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
-            v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
-            v216 += tl.sum((v215), axis=1)
-        tl.debug_barrier()
-        v139 = (v130 * v117)
-        v242 = tl.zeros((BV,), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-            v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v218 = (v214 + v217)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v218)
-            v219 = ((-1.0) * v35[:, None] * v218)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v219)
-            v20 = tl.load(scratch + HID + offs_h)
-            v222 = (v20[None, :] * v219)
-            v242 += tl.sum((v222), axis=1)
-            v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-            v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v163 = (v140 + v160)
-            v164 = v163
-            v209 = (v164 + v207)
-            v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-            v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
+            v63 = tl.load(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v86 = tl.load(scratch + 3 * HID * D + 4 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v175_c2 = (0.5 * (v63 * v63))
             v175_c3 = tl.exp(((-1.0) * v175_c2))
             v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+            tl.store(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v175)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v135 = ((-1.0) * d_new_w2)
+            v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v163 = (v140 + v160)
+            v164 = v163
+            tl.store(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
+            v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v138 = (v130 * v137)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
+        v157 = tl.zeros((C, BV), DTYPE)
+        v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v157_xA = v155 * v157_A
+        for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v157_start = v157_k * BC
+            v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+            v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+            v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v157_p = v157_r + v157_j
+            v157_x = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v157_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_p * C + tl.arange(0, C))
+            v157_m = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+            v157_a = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
+        v158 = (v115 * v157)
+        v161 = (v138 + v158)
+        v162 = v161
+        v178 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v63 = tl.load(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v173 = tl.load(scratch + 4 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+            v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 4 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
+            v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+            v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
+        v179 = (v162 + v178)
+        v180 = tl.sum((v179), axis=1)
+        v181 = (v180 / (D))
+        v182 = ((-1.0) * v181)
+        v183 = (v179 + v182[:, None])
+        v184 = (2.0 * v79[:, None] * v183)
+        v185 = (2.0 * v68 * v183)
+        v186 = tl.sum((v185), axis=1)
+        v187 = (v186 / (D))
+        v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v195 = (v191 + v194)
+        v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v190 = tl.sum((v189), axis=1)
+        v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v193 = tl.sum((v192), axis=1)
+        v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        v198 = tl.sum((v197), axis=1)
+        v199 = (v190 + v193 + v198)
+        v200 = (v199 / (D))
+        v201 = (2.0 * v68 * v200[:, None])
+        v202 = (v184 + v188 + v196 + v201)
+        v203 = ((-1.0) * v202)
+        v204 = tl.sum((v203), axis=1)
+        v205 = (v204 / (D))
+        v206 = (v202 + v205[:, None])
+        v131 = v129
+        v216 = tl.zeros((BV,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+            v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v164 = tl.load(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v209 = (v164 + v207)
+            v63 = tl.load(scratch + 3 * HID * D + 4 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+            v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v175 = tl.load(scratch + 4 * HID * D + 4 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v211 = (v175 + v210)
             v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-            v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v142 = (v129[None, :] * d_new_w1)
+            v142 = tl.load(scratch + 2 * HID * D + 4 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v174 = tl.load(scratch + 3 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
             v226 = (v142 + v174 + v212)
-            v52 = tl.load(scratch + 3 * HID + offs_h[:, None] * D + offs_i[None, :])
-            v53 = tl.load(scratch + 3 * HID + HID * D + offs_h)
+            v52 = tl.load(scratch + HID * D + 3 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v53 = tl.load(scratch + 2 * HID * D + 3 * HID + offs_h)
             v227 = (v226 * tl.exp((v52 - v53[:, None])))
             v228 = ((-1.0) * v226 * tl.exp((v52 - v53[:, None])))
             v229 = tl.sum((v228), axis=1)
             v230 = (v229[:, None] * tl.exp((v52 - v53[:, None])))
             v231 = (v227 + v230)
-            tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :], v231)
+            v233 = (v11[None, :] * v231)
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v234 = (v233 * tl.where((tl.full((), -1e-06, DTYPE) + w1) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-06, DTYPE), w1)))
+            tl.store(scratch + 4 * HID * D + 4 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v234)
             v232 = ((-1.0) * v13[None, :] * v231)
             v235 = (v15[None, :] * v232)
             v236 = tl.sum((v235), axis=1)
-            tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h, v236)
-            v19 = tl.load(scratch + offs_h)
+            tl.store(scratch + 5 * HID * D + 4 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h, v236)
+            v19 = tl.load(scratch + HID * D + offs_h)
+            v47 = tl.load(scratch + HID * D + 2 * HID + offs_h)
+            v237_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v237_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v237_c2 = (0.5 * (v19 * v19))
+            v237_c3 = tl.exp(((-1.0) * v237_c2))
+            v237 = (v47 * v236 * ((v237_c0 * v237_c1 * v237_c3) - (v237_c0 * v237_c1 * v237_c2 * v237_c3)))
+            tl.store(scratch + 5 * HID * D + 5 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h, v237)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v136 = (v131[:, None] * d_new_w2)
+            v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v176 = tl.load(scratch + 4 * HID * D + 4 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v64 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+            v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v213 = (v136 + v167 + v177 + v208)
+            v58 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v214 = (v213 * tl.exp((v58 - v59[:, None])))
+            tl.store(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+            v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
+            v216 += tl.sum((v215), axis=1)
+        tl.debug_barrier()
+        v242 = tl.zeros((BV,), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v58 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
+            v214 = tl.load(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+            v218 = (v214 + v217)
+            tl.store(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 3 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v218)
+            v219 = ((-1.0) * v35[:, None] * v218)
+            v224 = (v45[:, None] * v219)
+            v225 = tl.sum((v224), axis=0)
+            tl.store(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h, v225)
+            v20 = tl.load(scratch + HID * D + HID + offs_h)
+            v222 = (v20[None, :] * v219)
+            v242 += tl.sum((v222), axis=1)
+            v19 = tl.load(scratch + HID * D + offs_h)
+            v236 = tl.load(scratch + 5 * HID * D + 4 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h)
             v238_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
             v238 = (v236 * (0.5 + (0.5 * tl.math.erf(v238_c0)) + (v238_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h, v238)
+            tl.store(scratch + 5 * HID * D + 7 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h, v238)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v240 = (w2 * v238[None, :])
             v242 += tl.sum((v240), axis=1)
@@ -1490,24 +1609,24 @@ def chunk_state_bwd_kernel(
         v244 = (v243 / (D))
         v245 = ((-1.0) * v244)
         v246 = (v242 + v245)
+        v247 = (2.0 * v39 * v246)
         v248 = (2.0 * v26 * v246)
         v249 = tl.sum((v248), axis=0)
         v250 = (v249 / (D))
+        v251 = ((-0.5) * ln_weight * v33 * v250 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v254 = ((-0.5) * v26 * ln_weight * v250 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v257 = (ln_weight * v246 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v258 = (v254 + v257)
-        v260 = ((-0.5) * v26 * ln_weight * v258 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        v261 = tl.sum((v260), axis=0)
+        v259 = (ln_weight * v258 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v252 = (0.75 * v26 * ln_weight * v33 * v250 / (((tl.full((), 1e-05, DTYPE) + v29) * (tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v253 = tl.sum((v252), axis=0)
         v255 = ((-0.5) * ln_weight * v33 * v246 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v256 = tl.sum((v255), axis=0)
+        v260 = ((-0.5) * v26 * ln_weight * v258 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
+        v261 = tl.sum((v260), axis=0)
         v262 = (v253 + v256 + v261)
         v263 = (v262 / (D))
         v264 = (2.0 * v26 * v263)
-        v259 = (ln_weight * v258 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-        v247 = (2.0 * v39 * v246)
-        v251 = ((-0.5) * ln_weight * v33 * v250 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
         v265 = (v247 + v251 + v259 + v264)
         v266 = ((-1.0) * v265)
         v267 = tl.sum((v266), axis=0)
@@ -1519,36 +1638,25 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v270 = (w2 * v269[:, None])
             v271 = tl.sum((v270), axis=0)
-            v219 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
-            v224 = (v45[:, None] * v219)
-            v225 = tl.sum((v224), axis=0)
+            v225 = tl.load(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h)
             v273 = (v225 + v271)
-            v19 = tl.load(scratch + offs_h)
+            v19 = tl.load(scratch + HID * D + offs_h)
             v274_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
             v274 = (v273 * (0.5 + (0.5 * tl.math.erf(v274_c0)) + (v274_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v47 = tl.load(scratch + 2 * HID + offs_h)
-            v236 = tl.load(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h)
-            v237_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v237_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v237_c2 = (0.5 * (v19 * v19))
-            v237_c3 = tl.exp(((-1.0) * v237_c2))
-            v237 = (v47 * v236 * ((v237_c0 * v237_c1 * v237_c3) - (v237_c0 * v237_c1 * v237_c2 * v237_c3)))
+            v237 = tl.load(scratch + 5 * HID * D + 5 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h)
             v275 = (v237 + v274)
             v276 = (v15[None, :] * v275[:, None])
-            v231 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :])
-            v233 = (v11[None, :] * v231)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v234 = (v233 * tl.where((tl.full((), -1e-06, DTYPE) + w1) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-06, DTYPE), w1)))
+            v234 = tl.load(scratch + 4 * HID * D + 4 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
             v278 = (v234 + v276)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v278.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v278.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            v20 = tl.load(scratch + HID + offs_h)
-            v272 = (v20[None, :] * v269[:, None])
-            v218 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
+            v218 = tl.load(scratch + 5 * HID * D + 6 * HID + 11 * C * HID + 3 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
             v220 = (v34[:, None] * v218)
             v221 = (v220 * tl.where((tl.full((), -1e-06, DTYPE) + w2) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-06, DTYPE), w2)))
-            v238 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 6 * BV * HID + 2 * BV + offs_h)
+            v238 = tl.load(scratch + 5 * HID * D + 7 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h)
             v239 = (v45[:, None] * v238[None, :])
+            v20 = tl.load(scratch + HID * D + HID + offs_h)
+            v272 = (v20[None, :] * v269[:, None])
             v277 = (v221 + v239 + v272)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v277.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v277.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1560,7 +1668,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1599,7 +1707,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1631,8 +1739,14 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v101, v102, v109, q, v98, v90, v111, v112, causal, v134, v142
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v97, v101, v109, v102, v98, v90, v111, v112, causal, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -1640,12 +1754,15 @@ def chunk_grad_q_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v51)
         v18 = (w1 * v15[None, :])
         v19 = tl.sum((v18), axis=1)
-        tl.store(scratch + offs_h, v19)
+        tl.store(scratch + HID * D + offs_h, v19)
         v20_c0 = (0.5 * v19)
         v20 = (v20_c0 * (1.0 + tl.math.erf((v20_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID + offs_h, v20)
+        tl.store(scratch + HID * D + HID + offs_h, v20)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
@@ -1663,22 +1780,16 @@ def chunk_grad_q_1_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -1689,27 +1800,22 @@ def chunk_grad_q_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
-        v19 = tl.load(scratch + offs_h)
+        v19 = tl.load(scratch + HID * D + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
+        v51 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
+        tl.store(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID * D + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
         v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
         v59_max = v59_new
@@ -1719,10 +1825,13 @@ def chunk_grad_q_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -1735,38 +1844,73 @@ def chunk_grad_q_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v96 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v93 = v62
-    v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
-        v99_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
+    v96 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v93 = v62
+    v98 = (v96 * v93)
+    v91 = v90
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v99 = tl.zeros((C, C), DTYPE)
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = q * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v103 = v92
+    v104 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v97 = v87
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
+        v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v95 = tl.dot(v94.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v101 = (v95 - v100)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v101)
+        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = v64
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
+        v102_c0 = (0.5 * v101)
+        v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
+        v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v105 = (v103 * v104)
     v110 = v85
     v108 = v93
     v112 = (v110 * v108)
@@ -1776,47 +1920,30 @@ def chunk_grad_q_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v97 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
-        v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v95 = tl.dot(v94.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v101 = (v95 - v100)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v101)
-        v102_c0 = (0.5 * v101)
-        v102 = (v102_c0 * (1.0 + tl.math.erf((v102_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v109 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
+        v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
-    for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
-        v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v113_start = v113_k * BC
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
+        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v113 = v113 * v113_A
+    for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v113_p = v113_r + v113_j
+        v113_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
+        v113_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_m = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+        v113_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v103 = v92
-    v104 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v105 = (v103 * v104)
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1825,51 +1952,69 @@ def chunk_grad_q_1_bwd_kernel(
     v119 = tl.sum((v118), axis=1)
     v120 = (v119 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v124 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v120[:, None])))))
     v125 = ((-0.5) * v117 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v120[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v120[:, None])))))
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     v128 = (2.0 * v117 * v127[:, None])
-    v124 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v120[:, None])))))
     v129 = (v124 + v128)
     v130 = ((-1.0) * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
-    for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
-        v135_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_a[None, :], 0.0))
+    v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v135_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v135_xA = v134 * v135_A
+    for v135_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v135_start = v135_k * BC
+        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v135_rows = tl.where(tl.arange(0, C) // BC == v135_k, 1.0, 0.0)
+        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((v112 * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v135_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v135_p = v135_r + v135_j
+        v135_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v135_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v135_d = tl.sum(v134 * v135_y * tl.exp(tl.minimum(v106 - v135_b, 0.0)), axis=1)
+        v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
+    v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v142 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v136 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v138 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v139 = (v136 + v138)
-        v101 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v140_c0 = (0.5 * v101 * tl.full((), 1.4142135623730951, DTYPE))
         v140 = (v139 * (0.5 + (0.5 * tl.math.erf(v140_c0)) + (v140_c0 * tl.exp(((-0.5) * (v101 * v101))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v141 = ((-1.0) * v140)
-        v97 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v143 = tl.zeros((C, D), DTYPE)
-    for v143_j in range(0, C):  # the summed axis s, one position at a time
-        v143_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v143_j)
-        v143_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_j * D + tl.arange(0, D))
-        v143_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v143_j)
-        v143_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v143_j * D + tl.arange(0, D))
-        v143 += v143_x[:, None] * v143_y[None, :] * v143_m[:, None] * tl.exp(tl.minimum(v90 - v143_b[None, :], 0.0))
+    v143_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v143_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v143_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v143_start = v143_k * BC
+        v143_B = tl.where(tl.arange(0, C)[:, None] < v143_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v143_rows = tl.where(tl.arange(0, C) // BC == v143_k, 1.0, 0.0)
+        v143 += v143_rows[:, None] * tl.dot((v142).to(DOT_DTYPE), (v98 * v143_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v143 = v143 * v143_A
+    for v143_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v143_p = v143_r + v143_j
+        v143_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v143_p)
+        v143_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + v143_p[:, None] * D + tl.arange(0, D)[None, :])
+        v143_m = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v143_p)
+        v143_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_p[:, None] * D + tl.arange(0, D)[None, :])
+        v143 += v143_x[:, None] * v143_y * v143_m[:, None] * tl.exp(tl.minimum(v90 - v143_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1877,7 +2022,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1909,7 +2054,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, q, v98, v90, v111, v112, causal, v134
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, v98, v90, v111, v112, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2032,16 +2177,25 @@ def chunk_grad_q_2_bwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
-        v99_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = q * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -2073,17 +2227,26 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
-    for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
-        v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v113_start = v113_k * BC
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
+        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v113 = v113 * v113_A
+    for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v113_p = v113_r + v113_j
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
@@ -2113,14 +2276,23 @@ def chunk_grad_q_2_bwd_kernel(
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
     v134 = ((-1.0) * v133)
-    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v134)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
-    for v135_j in range(0, BV):  # the summed axis o, one position at a time
-        v135_x = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v135_j)
-        v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v135_j)
-        v135_a = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v135_j)
-        v135 += v135_x[:, None] * v135_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v135_a[:, None] - v135_a[None, :], 0.0))
+    v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v135_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v135_xA = v134 * v135_A
+    for v135_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v135_start = v135_k * BC
+        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v135_rows = tl.where(tl.arange(0, C) // BC == v135_k, 1.0, 0.0)
+        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((v112 * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v135_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v135_p = v135_r + v135_j
+        v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v135_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v135_d = tl.sum(v134 * v135_y * tl.exp(tl.minimum(v106 - v135_b, 0.0)), axis=1)
+        v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
+    v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v137 = (v103 * v133)
     v141 = tl.zeros((C, D), DTYPE)
@@ -2144,7 +2316,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2176,7 +2348,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, q, v105, v93, v118, v119, causal, v144, v152
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, v105, v93, v118, v119, causal, v152, q
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2299,16 +2471,25 @@ def chunk_grad_k_0_bwd_kernel(
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -2341,17 +2522,26 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = v98
     v111 = tl.zeros((C, BV), DTYPE)
@@ -2381,14 +2571,23 @@ def chunk_grad_k_0_bwd_kernel(
     v142 = (v141 / (D))
     v143 = (v139 + v142[:, None])
     v144 = ((-1.0) * v143)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v144)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
-    for v145_j in range(0, BV):  # the summed axis o, one position at a time
-        v145_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v145_j)
-        v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v145_j)
-        v145_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v145_j)
-        v145 += v145_x[:, None] * v145_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v145_a[:, None] - v145_a[None, :], 0.0))
+    v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v145_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v145_xA = v144 * v145_A
+    for v145_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v145_start = v145_k * BC
+        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v145_rows = tl.where(tl.arange(0, C) // BC == v145_k, 1.0, 0.0)
+        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((v119 * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v145_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v145_p = v145_r + v145_j
+        v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v145_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v145_d = tl.sum(v144 * v145_y * tl.exp(tl.minimum(v113 - v145_b, 0.0)), axis=1)
+        v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
+    v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v147 = (v110 * v143)
     v152 = tl.zeros((C, C), DTYPE)
@@ -2406,15 +2605,25 @@ def chunk_grad_k_0_bwd_kernel(
         v151 = ((-1.0) * v150)
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v153 = tl.zeros((C, D), DTYPE)
-    for v153_j in range(0, C):  # the summed axis t, one position at a time
-        v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v153_j * C + tl.arange(0, C))
-        v153_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v153_j * D + tl.arange(0, D))
-        v153_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v153_j * C + tl.arange(0, C))
-        v153_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v153_j * D + tl.arange(0, D))
-        v153 += v153_x[:, None] * v153_y[None, :] * v153_m[:, None] * tl.exp(tl.minimum(v153_a[None, :] - v94, 0.0))
+    v153_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v153_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v153_yA = q * v153_A
+    for v153_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v153_start = v153_k * BC
+        v153_B = tl.where(tl.arange(0, C)[:, None] < v153_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v153_rows = tl.where(tl.arange(0, C) // BC == v153_k, 1.0, 0.0)
+        v153 += v153_B * tl.dot(tl.trans((v152 * v153_rows[:, None])).to(DOT_DTYPE), (v153_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v153_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v153_p = v153_r + v153_j
+        v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v153_p * C + tl.arange(0, C))
+        v153_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + v153_p[:, None] * D + tl.arange(0, D)[None, :])
+        v153_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v153_p * C + tl.arange(0, C))
+        v153_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_p[:, None] * D + tl.arange(0, D)[None, :])
+        v153 += v153_x[:, None] * v153_y * v153_m[:, None] * tl.exp(tl.minimum(v153_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v154 = (v99 * v153)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -2439,7 +2648,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -2471,7 +2680,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2603,16 +2812,25 @@ def chunk_grad_k_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -2660,17 +2878,26 @@ def chunk_grad_k_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -2691,15 +2918,24 @@ def chunk_grad_k_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -2707,11 +2943,21 @@ def chunk_grad_k_1_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -2755,7 +3001,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -2787,7 +3033,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, q, v105, v93, v118, v119, causal, v150
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, v105, v93, v118, v119, causal, v150
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -2917,16 +3163,25 @@ def chunk_grad_k_2_bwd_kernel(
     v138 = (v100 * v103)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
@@ -2972,17 +3227,26 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -3003,14 +3267,23 @@ def chunk_grad_k_2_bwd_kernel(
     v148 = (v147 / (D))
     v149 = (v145 + v148[:, None])
     v150 = ((-1.0) * v149)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v151 = tl.zeros((C, C), DTYPE)
-    for v151_j in range(0, BV):  # the summed axis o, one position at a time
-        v151_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v151_j)
-        v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v151_j)
-        v151_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v151_j)
-        v151 += v151_x[:, None] * v151_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v151_a[:, None] - v151_a[None, :], 0.0))
+    v151_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v151_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v151_xA = v150 * v151_A
+    for v151_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v151_start = v151_k * BC
+        v151_B = tl.where(tl.arange(0, C)[:, None] < v151_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v151_rows = tl.where(tl.arange(0, C) // BC == v151_k, 1.0, 0.0)
+        v151 += v151_rows[:, None] * tl.dot((v151_xA).to(DOT_DTYPE), tl.trans((v119 * v151_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v151_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v151_p = v151_r + v151_j
+        v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v151_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v151_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v151_d = tl.sum(v150 * v151_y * tl.exp(tl.minimum(v113 - v151_b, 0.0)), axis=1)
+        v151 += tl.where(tl.arange(0, C)[None, :] == v151_p[:, None], v151_d[:, None], 0.0)
+    v151 = v151 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v110 * v149)
     v128 = v100
@@ -3052,14 +3325,24 @@ def chunk_grad_k_2_bwd_kernel(
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, BV), DTYPE)
-    for v152_j in range(0, C):  # the summed axis t, one position at a time
-        v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v152_j * BV + tl.arange(0, BV))
-        v152_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + v152_j * C + tl.arange(0, C))
-        v152_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v152_j * C + tl.arange(0, C))
-        v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + v152_j * BV + tl.arange(0, BV))
-        v152 += v152_x[None, :] * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a[None, :] - v114, 0.0))
+    v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v152_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v152_xA = v150 * v152_A
+    for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v152_start = v152_k * BC
+        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
+        v152 += v152_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v152_xA * v152_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v152_p = v152_r + v152_j
+        v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v152_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v152_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + v152_p * C + tl.arange(0, C))
+        v152_m = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v152_p * C + tl.arange(0, C))
+        v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v115 * v152)
     v156 = (v134 + v153)
@@ -3123,7 +3406,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_k_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `k`."""
@@ -3155,7 +3438,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, v219, v230, v232, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v230, v214, v216, v219, v232, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3187,22 +3470,55 @@ def chunk_grad_k_3_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -3226,16 +3542,17 @@ def chunk_grad_k_3_bwd_kernel(
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
         tl.store(scratch + 4 * HID + HID * D + offs_h, v53)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        tl.store(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v142)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
         tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
@@ -3250,7 +3567,10 @@ def chunk_grad_k_3_bwd_kernel(
         v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -3263,38 +3583,41 @@ def chunk_grad_k_3_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v64 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = v64
+        tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -3304,47 +3627,30 @@ def chunk_grad_k_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = v64
-        tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3353,25 +3659,34 @@ def chunk_grad_k_3_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -3380,18 +3695,8 @@ def chunk_grad_k_3_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 6 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
+    v139 = (v130 * v117)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3401,120 +3706,118 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v174)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
-        v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v138 = (v130 * v137)
-    v161 = (v138 + v158)
-    v162 = v161
-    v179 = (v162 + v178)
-    v180 = tl.sum((v179), axis=1)
-    v181 = (v180 / (D))
-    v182 = ((-1.0) * v181)
-    v183 = (v179 + v182[:, None])
-    v185 = (2.0 * v68 * v183)
-    v186 = tl.sum((v185), axis=1)
-    v187 = (v186 / (D))
-    v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
-    v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v190 = tl.sum((v189), axis=1)
-    v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v193 = tl.sum((v192), axis=1)
-    v199 = (v190 + v193 + v198)
-    v200 = (v199 / (D))
-    v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v202 = (v184 + v188 + v196 + v201)
-    v203 = ((-1.0) * v202)
-    v204 = tl.sum((v203), axis=1)
-    v205 = (v204 / (D))
-    v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
-    v216 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v64 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 5 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
-        v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
-        v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
-        v216 += tl.sum((v215), axis=1)
-    tl.debug_barrier()
-    v139 = (v130 * v117)
-    v239 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v218 = (v214 + v217)
-        v219 = ((-1.0) * v35[:, None] * v218)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v219)
-        v20 = tl.load(scratch + HID + offs_h)
-        v220 = (v20[None, :] * v219)
-        v239 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 5 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 5 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v175)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v135 = ((-1.0) * d_new_w2)
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
+        v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v138 = (v130 * v137)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
+    v161 = (v138 + v158)
+    v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 5 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * HID + 3 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()
+    v179 = (v162 + v178)
+    v180 = tl.sum((v179), axis=1)
+    v181 = (v180 / (D))
+    v182 = ((-1.0) * v181)
+    v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
+    v185 = (2.0 * v68 * v183)
+    v186 = tl.sum((v185), axis=1)
+    v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v195 = (v191 + v194)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v190 = tl.sum((v189), axis=1)
+    v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
+    v199 = (v190 + v193 + v198)
+    v200 = (v199 / (D))
+    v201 = (2.0 * v68 * v200[:, None])
+    v202 = (v184 + v188 + v196 + v201)
+    v203 = ((-1.0) * v202)
+    v204 = tl.sum((v203), axis=1)
+    v205 = (v204 / (D))
+    v206 = (v202 + v205[:, None])
+    v131 = v129
+    v234 = tl.zeros((D,), DTYPE)
+    v216 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v164 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v209 = (v164 + v207)
+        v63 = tl.load(scratch + 5 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v175 = tl.load(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
+        v142 = tl.load(scratch + 5 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+        v174 = tl.load(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v224 = (v142 + v174 + v212)
         v52 = tl.load(scratch + 4 * HID + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 4 * HID + HID * D + offs_h)
@@ -3524,10 +3827,42 @@ def chunk_grad_k_3_bwd_kernel(
         v228 = (v227[:, None] * tl.exp((v52 - v53[:, None])))
         v229 = (v225 + v228)
         v230 = ((-1.0) * v13[None, :] * v229)
-        tl.store(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :], v230)
+        tl.store(scratch + 5 * HID + 3 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v230)
+        v48 = tl.load(scratch + 3 * HID + offs_h)
+        v233 = (v48[:, None] * v230)
+        v234 += tl.sum((v233), axis=0)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v176 = tl.load(scratch + 5 * HID + 3 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v213 = (v136 + v167 + v177 + v208)
+        v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = (v213 * tl.exp((v58 - v59[:, None])))
+        tl.store(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
+        v216 += tl.sum((v215), axis=1)
+    tl.debug_barrier()
+    v239 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v58 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
+        v214 = tl.load(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v218 = (v214 + v217)
+        v219 = ((-1.0) * v35[:, None] * v218)
+        tl.store(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :], v219)
+        v20 = tl.load(scratch + HID + offs_h)
+        v220 = (v20[None, :] * v219)
+        v239 += tl.sum((v220), axis=1)
+        v230 = tl.load(scratch + 5 * HID + 3 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v231 = (v15[None, :] * v230)
         v232 = tl.sum((v231), axis=1)
-        tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h, v232)
+        tl.store(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h, v232)
         v19 = tl.load(scratch + offs_h)
         v236_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v236 = (v232 * (0.5 + (0.5 * tl.math.erf(v236_c0)) + (v236_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
@@ -3545,54 +3880,49 @@ def chunk_grad_k_3_bwd_kernel(
     v251 = ((-0.5) * v26 * ln_weight * v247 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v254 = (ln_weight * v243 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v255 = (v251 + v254)
-    v258 = ((-0.5) * v26 * ln_weight * v255 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-    v259 = tl.sum((v258), axis=0)
+    v256 = v255
+    v244 = (2.0 * v39 * v243)
+    v248 = ((-0.5) * ln_weight * v33 * v247 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
+    v257 = (ln_weight * v255 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v249 = (0.75 * v26 * ln_weight * v33 * v247 / (((tl.full((), 1e-05, DTYPE) + v29) * (tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v250 = tl.sum((v249), axis=0)
     v252 = ((-0.5) * ln_weight * v33 * v243 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v253 = tl.sum((v252), axis=0)
+    v258 = ((-0.5) * v26 * ln_weight * v255 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
+    v259 = tl.sum((v258), axis=0)
     v260 = (v250 + v253 + v259)
     v261 = (v260 / (D))
     v262 = (2.0 * v26 * v261)
-    v257 = (ln_weight * v255 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
-    v244 = (2.0 * v39 * v243)
-    v248 = ((-0.5) * ln_weight * v33 * v247 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v263 = (v244 + v248 + v257 + v262)
     v264 = ((-1.0) * v263)
     v265 = tl.sum((v264), axis=0)
     v266 = (v265 / (D))
     v267 = (v263 + v266)
-    v256 = v255
     v274 = tl.zeros((D,), DTYPE)
-    v234 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v268 = (w2 * v267[:, None])
-        v269 = tl.sum((v268), axis=0)
-        v219 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
-        v222 = (v45[:, None] * v219)
-        v223 = tl.sum((v222), axis=0)
-        v270 = (v223 + v269)
         v19 = tl.load(scratch + offs_h)
-        v271_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
-        v271 = (v270 * (0.5 + (0.5 * tl.math.erf(v271_c0)) + (v271_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v47 = tl.load(scratch + 2 * HID + offs_h)
-        v232 = tl.load(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h)
+        v232 = tl.load(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + offs_h)
         v235_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v235_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v235_c2 = (0.5 * (v19 * v19))
         v235_c3 = tl.exp(((-1.0) * v235_c2))
         v235 = (v47 * v232 * ((v235_c0 * v235_c1 * v235_c3) - (v235_c0 * v235_c1 * v235_c2 * v235_c3)))
+        v219 = tl.load(scratch + 5 * HID + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + offs_o[:, None] * HID + offs_h[None, :])
+        v222 = (v45[:, None] * v219)
+        v223 = tl.sum((v222), axis=0)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v268 = (w2 * v267[:, None])
+        v269 = tl.sum((v268), axis=0)
+        v270 = (v223 + v269)
+        v271_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
+        v271 = (v270 * (0.5 + (0.5 * tl.math.erf(v271_c0)) + (v271_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v272 = (v235 + v271)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v273 = (w1 * v272[:, None])
         v274 += tl.sum((v273), axis=0)
-        v48 = tl.load(scratch + 3 * HID + offs_h)
-        v230 = tl.load(scratch + 5 * HID + 2 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + offs_h[:, None] * D + offs_i[None, :])
-        v233 = (v48[:, None] * v230)
-        v234 += tl.sum((v233), axis=0)
     v275 = (v234 + v256 + v274)
     v276 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] * v275[None, :])
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v276.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3601,7 +3931,7 @@ def chunk_grad_k_3_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3633,7 +3963,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3765,16 +4095,25 @@ def chunk_grad_v_0_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -3822,17 +4161,26 @@ def chunk_grad_v_0_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -3853,15 +4201,24 @@ def chunk_grad_v_0_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -3869,11 +4226,21 @@ def chunk_grad_v_0_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -3917,7 +4284,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -3949,7 +4316,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3974,6 +4341,14 @@ def chunk_grad_v_1_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -3981,68 +4356,98 @@ def chunk_grad_v_1_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v34 = v11
-    v35 = v13
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v131 = v129
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
+        v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
+        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
+        tl.store(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
+        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
+        v59_max = v59_new
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        tl.store(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
         v19 = tl.load(scratch + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + HID * D + offs_h, v53)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h, v53)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
-        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        v57 = (v34[:, None] * v56)
-        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
-        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
-        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
-        v59_max = v59_new
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
     v65 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -4055,38 +4460,38 @@ def chunk_grad_v_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -4096,47 +4501,33 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4145,26 +4536,16 @@ def chunk_grad_v_1_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -4172,99 +4553,132 @@ def chunk_grad_v_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    v155 = ((-1.0) * v154)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    v156 = tl.zeros((C, C), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
-        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v167)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v159 + v166)
+        v108 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
+        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v169)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v177)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
+        v136 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v177 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -4273,42 +4687,42 @@ def chunk_grad_v_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        v169 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v209 = (v164 + v207)
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
         v222 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
         v223 = (v222 * tl.exp((v52 - v53[:, None])))
         v224 = ((-1.0) * v222 * tl.exp((v52 - v53[:, None])))
         v225 = tl.sum((v224), axis=1)
@@ -4341,7 +4755,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -4373,7 +4787,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v106, v107, v114, v166, q, v103, v93, v116, v117, causal, v153, v168
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v100, v63, v58, v59, v60, v64, v102, v106, v107, v114, v166, v103, v93, v116, v117, causal, v168, v153, q
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v97 = tl.exp(v93)  # cumulative decay in the chunk
+    v108 = v97
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v99 = (q * v97)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4382,12 +4809,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v51)
         v18 = (w1 * v15[None, :])
         v19 = tl.sum((v18), axis=1)
-        tl.store(scratch + offs_h, v19)
+        tl.store(scratch + HID * D + offs_h, v19)
         v20_c0 = (0.5 * v19)
         v20 = (v20_c0 * (1.0 + tl.math.erf((v20_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID + offs_h, v20)
+        tl.store(scratch + HID * D + HID + offs_h, v20)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
@@ -4405,22 +4835,41 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
+    v101 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v98 = v62
+    v103 = (v101 * v98)
+    v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v104 = tl.zeros((C, C), DTYPE)
+    v104_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v104_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v104_xA = q * v104_A
+    for v104_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v104_start = v104_k * BC
+        v104_B = tl.where(tl.arange(0, C)[:, None] < v104_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v104_rows = tl.where(tl.arange(0, C) // BC == v104_k, 1.0, 0.0)
+        v104 += v104_rows[:, None] * tl.dot((v104_xA).to(DOT_DTYPE), tl.trans((v103 * v104_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v104_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v104_p = v104_r + v104_j
+        v104_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + v104_p[:, None] * D + tl.arange(0, D)[None, :])
+        v104_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_p[:, None] * D + tl.arange(0, D)[None, :])
+        v104_d = tl.sum(q * v104_y * tl.exp(tl.minimum(v93 - v104_b, 0.0)), axis=1)
+        v104 += tl.where(tl.arange(0, C)[None, :] == v104_p[:, None], v104_d[:, None], 0.0)
+    v104 = v104 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -4431,27 +4880,24 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
-        v19 = tl.load(scratch + offs_h)
+        v19 = tl.load(scratch + HID * D + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
+        v51 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
+        tl.store(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
+        v100 = tl.dot(v99.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID * D + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
         v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
         v59_max = v59_new
@@ -4461,10 +4907,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -4477,38 +4926,37 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v101 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v98 = v62
-    v103 = (v101 * v98)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v104 = tl.zeros((C, C), DTYPE)
-    for v104_j in range(0, D):  # the summed axis i, one position at a time
-        v104_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v104_j)
-        v104_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v104_j)
-        v104_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v104_j)
-        v104 += v104_x[:, None] * v104_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v104_a[:, None] - v104_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v97 = tl.exp(v93)  # cumulative decay in the chunk
-    v99 = (q * v97)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v102 = v87
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v102)
+        v105 = tl.dot(v104.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = (v100 - v105)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v106)
+        v107_c0 = (0.5 * v106)
+        v107 = (v107_c0 * (1.0 + tl.math.erf((v107_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
+        v109 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v110 = (v108 * v109)
     v115 = v85
     v113 = v98
     v117 = (v115 * v113)
@@ -4518,47 +4966,33 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v102 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v102)
-        v105 = tl.dot(v104.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v100 = tl.dot(v99.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v106 = (v100 - v105)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v106)
-        v107_c0 = (0.5 * v106)
-        v107 = (v107_c0 * (1.0 + tl.math.erf((v107_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v114 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v114)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v114)
+        v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v118 = tl.zeros((C, BV), DTYPE)
-    for v118_j in range(0, C):  # the summed axis s, one position at a time
-        v118_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v118_j)
-        v118_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v118_j * BV + tl.arange(0, BV))
-        v118_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v118_j)
-        v118_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v118_j * BV + tl.arange(0, BV))
-        v118 += v118_x[:, None] * v118_y[None, :] * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b[None, :], 0.0))
+    v118_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v118_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v118_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v118_start = v118_k * BC
+        v118_B = tl.where(tl.arange(0, C)[:, None] < v118_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
+        v118_rows = tl.where(tl.arange(0, C) // BC == v118_k, 1.0, 0.0)
+        v118 += v118_rows[:, None] * tl.dot((v116).to(DOT_DTYPE), (v117 * v118_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = v118 * v118_A
+    for v118_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v118_p = v118_r + v118_j
+        v118_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v118_p)
+        v118_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v118_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v118_m = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v118_p)
+        v118_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v118 += v118_x[:, None] * v118_y * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v108 = v97
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v109 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = (v108 * v109)
     v119 = (v110 - v118)
     v120 = tl.sum((v119), axis=1)
     v121 = (v120 / (D))
@@ -4567,70 +5001,80 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v124 = tl.sum((v123), axis=1)
     v125 = (v124 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v143 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v125[:, None])))))
     v144 = ((-0.5) * v122 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v125[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v125[:, None])))))
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (2.0 * v122 * v146[:, None])
-    v143 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v125[:, None])))))
     v148 = (v143 + v147)
     v149 = ((-1.0) * v148)
     v150 = tl.sum((v149), axis=1)
     v151 = (v150 / (D))
     v152 = (v148 + v151[:, None])
     v153 = ((-1.0) * v152)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
+    v155 = (v153 * v118)
+    v160 = v155
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, C), DTYPE)
-    for v154_j in range(0, BV):  # the summed axis o, one position at a time
-        v154_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v154_j)
-        v154_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v154_j)
-        v154_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v154_j)
-        v154 += v154_x[:, None] * v154_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v154_a[:, None] - v154_a[None, :], 0.0))
+    v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v154_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v154_xA = v153 * v154_A
+    for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v154_start = v154_k * BC
+        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
+        v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
+        v154 += v154_rows[:, None] * tl.dot((v154_xA).to(DOT_DTYPE), tl.trans((v117 * v154_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v154_p = v154_r + v154_j
+        v154_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v154_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v154_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v154_d = tl.sum(v153 * v154_y * tl.exp(tl.minimum(v111 - v154_b, 0.0)), axis=1)
+        v154 += tl.where(tl.arange(0, C)[None, :] == v154_p[:, None], v154_d[:, None], 0.0)
+    v154 = v154 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v161 = (v108 * v152)
     v168 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 = tl.trans(tl.dot(tl.trans(v114).to(DOT_DTYPE), tl.trans(v154).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v162 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v161).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v165 = (v158 + v162)
-        v106 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v166_c0 = (0.5 * v106 * tl.full((), 1.4142135623730951, DTYPE))
         v166 = (v165 * (0.5 + (0.5 * tl.math.erf(v166_c0)) + (v166_c0 * tl.exp(((-0.5) * (v106 * v106))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v166)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v166)
         v167 = ((-1.0) * v166)
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v169 = tl.zeros((C, D), DTYPE)
-    for v169_j in range(0, C):  # the summed axis s, one position at a time
-        v169_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v169_j * D + tl.arange(0, D))
-        v169_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v169_j)
-        v169_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v169_j)
-        v169_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v169_j * D + tl.arange(0, D))
-        v169 += v169_x[None, :] * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b[None, :], 0.0))
+    v169_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v169_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v169_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v169_start = v169_k * BC
+        v169_B = tl.where(tl.arange(0, C)[:, None] < v169_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v169_rows = tl.where(tl.arange(0, C) // BC == v169_k, 1.0, 0.0)
+        v169 += v169_rows[:, None] * tl.dot((v168).to(DOT_DTYPE), (v103 * v169_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v169 = v169 * v169_A
+    for v169_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v169_p = v169_r + v169_j
+        v169_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + v169_p[:, None] * D + tl.arange(0, D)[None, :])
+        v169_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v169_p)
+        v169_m = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v169_p)
+        v169_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_p[:, None] * D + tl.arange(0, D)[None, :])
+        v169 += v169_x * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v170 = (q * v169)
-    v173 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v166 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v174 = (q * v173)
-    v163 = (v152 * v109)
-    v164 = v163
     v131 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v130 = (v60 * d_new_w2)
         v131 += tl.sum((v130), axis=1)
@@ -4639,42 +5083,34 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v137 = (v54 * d_new_w1)
         v138 += tl.sum((v137), axis=0)
     v139 = (v132 + v138)
     v140 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v139[None, :])
+    v163 = (v152 * v109)
+    v164 = v163
+    v173 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v166 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v173 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v174 = (q * v173)
     v177 = (v140 + v164 + v174)
     v178 = (v177 * tl.exp(v93))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v171 = tl.zeros((C, D), DTYPE)
-    for v171_j in range(0, C):  # the summed axis t, one position at a time
-        v171_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v171_j * D + tl.arange(0, D))
-        v171_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v171_j * C + tl.arange(0, C))
-        v171_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v171_j * C + tl.arange(0, C))
-        v171_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v171_j * D + tl.arange(0, D))
-        v171 += v171_x[None, :] * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a[None, :] - v94, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v172 = ((-1.0) * v103 * v171)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, BV), DTYPE)
-    for v156_j in range(0, C):  # the summed axis t, one position at a time
-        v156_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + v156_j * C + tl.arange(0, C))
-        v156_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v156_j * BV + tl.arange(0, BV))
-        v156_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v156_j * C + tl.arange(0, C))
-        v156_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v156_j * BV + tl.arange(0, BV))
-        v156 += v156_x[:, None] * v156_y[None, :] * v156_m[:, None] * tl.exp(tl.minimum(v156_a[None, :] - v112, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v157 = ((-1.0) * v117 * v156)
-    v159 = v157
+    v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v96 = tl.sum((v95), axis=0)
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v129 = ((-1.0) * d_new_w2)
-        v114 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v133 += tl.dot(v114.to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v134 = (v115 * v133)
     v135 = v134
@@ -4684,22 +5120,58 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v136 = ((-1.0) * d_new_w1)
-        v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v141 += tl.dot(v102.to(DOT_DTYPE), v136.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v142 = (v101 * v141)
     v175 = (v135 + v142)
     v176 = (v98 * v175)
-    v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v96 = tl.sum((v95), axis=0)
-    v181 = ((-1.0) * v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
-    v183 = (v159 + v172 + v181)
-    v184 = v183
-    v155 = (v153 * v118)
-    v160 = v155
     v179 = (v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
     v180 = tl.sum((v179), axis=0)
     v182 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v156 = tl.zeros((C, BV), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_yA = v153 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_B * tl.dot(tl.trans((v116 * v156_rows[:, None])).to(DOT_DTYPE), (v156_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + v156_p * C + tl.arange(0, C))
+        v156_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_m = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v156_p * C + tl.arange(0, C))
+        v156_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156 += v156_x[:, None] * v156_y * v156_m[:, None] * tl.exp(tl.minimum(v156_a - v112, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v157 = ((-1.0) * v117 * v156)
+    v159 = v157
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v171 = tl.zeros((C, D), DTYPE)
+    v171_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v171_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v171_xA = q * v171_A
+    for v171_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v171_start = v171_k * BC
+        v171_B = tl.where(tl.arange(0, C)[:, None] < v171_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v171_rows = tl.where(tl.arange(0, C) // BC == v171_k, 1.0, 0.0)
+        v171 += v171_B * tl.dot(tl.trans((v168)).to(DOT_DTYPE), (v171_xA * v171_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v171_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v171_p = v171_r + v171_j
+        v171_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + v171_p[:, None] * D + tl.arange(0, D)[None, :])
+        v171_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v171_p * C + tl.arange(0, C))
+        v171_m = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v171_p * C + tl.arange(0, C))
+        v171_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_p[:, None] * D + tl.arange(0, D)[None, :])
+        v171 += v171_x * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a - v94, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v172 = ((-1.0) * v103 * v171)
+    v181 = ((-1.0) * v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
+    v183 = (v159 + v172 + v181)
+    v184 = v183
     v185 = (v160 + v170 + v178 + v182 + v184)
     v186 = tl.cumsum(v185, axis=0, reverse=True)
     v187 = (v186 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
@@ -4710,7 +5182,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -4742,7 +5214,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v50, v52, v53, v54, v63, v64, v56, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v50, v51, v19, v20, v52, v53, v142, v102, v63, v56, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4751,12 +5229,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v50)
+        v51 = (v11[None, :] * v50)
+        tl.store(scratch + HID * D + offs_h[:, None] * D + offs_i[None, :], v51)
         v18 = (w1 * v15[None, :])
         v19 = tl.sum((v18), axis=1)
-        tl.store(scratch + offs_h, v19)
+        tl.store(scratch + 2 * HID * D + offs_h, v19)
         v20_c0 = (0.5 * v19)
         v20 = (v20_c0 * (1.0 + tl.math.erf((v20_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID + offs_h, v20)
+        tl.store(scratch + 2 * HID * D + HID + offs_h, v20)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
@@ -4774,22 +5256,49 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -4800,31 +5309,29 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
-        v19 = tl.load(scratch + offs_h)
+        v19 = tl.load(scratch + 2 * HID * D + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v50)
-        v51 = (v11[None, :] * v50)
+        v51 = tl.load(scratch + HID * D + offs_h[:, None] * D + offs_i[None, :])
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + 2 * HID * D + offs_h, v53)
+        tl.store(scratch + 3 * HID * D + 2 * HID + offs_h, v53)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        tl.store(scratch + 3 * HID * D + 3 * HID + offs_h[:, None] * D + offs_i[None, :], v142)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * HID * D + 3 * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v56)
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + 2 * HID * D + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
         v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
         v59_max = v59_new
@@ -4834,10 +5341,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -4850,38 +5360,41 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 4 * HID * D + 3 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 4 * HID * D + 3 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v64 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = v64
+        tl.store(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -4891,47 +5404,30 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = v64
-        tl.store(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4940,25 +5436,34 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -4967,136 +5472,152 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 5 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
+    v139 = (v130 * v117)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 3 * HID * D + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 3 * HID * D + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 4 * HID * D + 3 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v174)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v175_c2 = (0.5 * (v63 * v63))
+        v175_c3 = tl.exp(((-1.0) * v175_c2))
+        v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v175)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        tl.store(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v63 = tl.load(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 5 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v139 = (v130 * v117)
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
     v131 = v129
     v228 = tl.zeros((D,), DTYPE)
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 3 * HID * D + 4 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
+        v164 = tl.load(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 3 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 4 * HID * D + 3 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 3 * HID * D + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
-        v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
-        v175_c2 = (0.5 * (v63 * v63))
-        v175_c3 = tl.exp(((-1.0) * v175_c2))
-        v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v175 = tl.load(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 3 * HID * D + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
+        v142 = tl.load(scratch + 3 * HID * D + 3 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v174 = tl.load(scratch + 4 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v221 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + 2 * HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 3 * HID * D + 2 * HID + offs_h)
         v222 = (v221 * tl.exp((v52 - v53[:, None])))
         v223 = ((-1.0) * v221 * tl.exp((v52 - v53[:, None])))
         v224 = tl.sum((v223), axis=1)
         v225 = (v224[:, None] * tl.exp((v52 - v53[:, None])))
         v226 = (v222 + v225)
-        v50 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v50 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v227 = (v50 * v226)
         v228 += tl.sum((v227), axis=0)
-        v64 = tl.load(scratch + 3 * HID + 3 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 3 * HID * D + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
+        v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v176 = tl.load(scratch + 5 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -5104,11 +5625,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 3 * HID * D + 9 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
-        v56 = tl.load(scratch + 3 * HID + 3 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v219 = (v56 * v218)
         v220 += tl.sum((v219), axis=1)
     v229 = v220
@@ -5120,7 +5641,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -5152,8 +5673,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, q, v104, v93, v117, v118, causal, v147, v158
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, v104, v93, v117, v118, causal, v147, v158, q
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
     v22 = tl.zeros((BV,), DTYPE)
@@ -5161,12 +5688,15 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v51)
         v18 = (w1 * v15[None, :])
         v19 = tl.sum((v18), axis=1)
-        tl.store(scratch + offs_h, v19)
+        tl.store(scratch + HID * D + offs_h, v19)
         v20_c0 = (0.5 * v19)
         v20 = (v20_c0 * (1.0 + tl.math.erf((v20_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID + offs_h, v20)
+        tl.store(scratch + HID * D + HID + offs_h, v20)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (w2 * v20[None, :])
         v22 += tl.sum((v21), axis=1)
@@ -5184,22 +5714,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5210,27 +5734,25 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
-        v19 = tl.load(scratch + offs_h)
+        v19 = tl.load(scratch + HID * D + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
+        v51 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
+        tl.store(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v54)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
+        tl.store(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v64_c0 = (0.5 * v63)
         v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID * D + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
         v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
         v59_max = v59_new
@@ -5240,10 +5762,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -5256,39 +5778,71 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v116 = v85
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v109 = v98
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v100 = (q * v98)
     v102 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     v104 = (v102 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
     v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v105 = tl.zeros((C, C), DTYPE)
-    for v105_j in range(0, D):  # the summed axis i, one position at a time
-        v105_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v105_j)
-        v105_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v105_j)
-        v105_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v105_j)
-        v105 += v105_x[:, None] * v105_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v105_a[:, None] - v105_a[None, :], 0.0))  # decayed scores
+    v105_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v105_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v105_xA = q * v105_A
+    for v105_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v105_start = v105_k * BC
+        v105_B = tl.where(tl.arange(0, C)[:, None] < v105_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v105_rows = tl.where(tl.arange(0, C) // BC == v105_k, 1.0, 0.0)
+        v105 += v105_rows[:, None] * tl.dot((v105_xA).to(DOT_DTYPE), tl.trans((v104 * v105_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v105_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v105_p = v105_r + v105_j
+        v105_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + v105_p[:, None] * D + tl.arange(0, D)[None, :])
+        v105_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_p[:, None] * D + tl.arange(0, D)[None, :])
+        v105_d = tl.sum(q * v105_y * tl.exp(tl.minimum(v93 - v105_b, 0.0)), axis=1)
+        v105 += tl.where(tl.arange(0, C)[None, :] == v105_p[:, None], v105_d[:, None], 0.0)
+    v105 = v105 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v100 = (q * v98)
-    v116 = v85
+    v110 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 2 * HID * D + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v103 = v87
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
+        v106 = tl.dot(v105.to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v107 = (v101 - v106)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
+        v108_c0 = (0.5 * v107)
+        v108 = (v108_c0 * (1.0 + tl.math.erf((v108_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v110 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v111 = (v109 * v110)
     v114 = v99
     v118 = (v116 * v114)
     v112 = v93
@@ -5297,47 +5851,33 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v63 = tl.load(scratch + 2 * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v103 = v87
-        tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
-        v106 = tl.dot(v105.to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v107 = (v101 - v106)
-        tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
-        v108_c0 = (0.5 * v107)
-        v108 = (v108_c0 * (1.0 + tl.math.erf((v108_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v115 = v64
-        tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v115)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v115)
+        v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v119 = tl.zeros((C, BV), DTYPE)
-    for v119_j in range(0, C):  # the summed axis s, one position at a time
-        v119_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v119_j)
-        v119_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v119_j * BV + tl.arange(0, BV))
-        v119_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v119_j)
-        v119_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v119_j * BV + tl.arange(0, BV))
-        v119 += v119_x[:, None] * v119_y[None, :] * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b[None, :], 0.0))
+    v119_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v119_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v119_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v119_start = v119_k * BC
+        v119_B = tl.where(tl.arange(0, C)[:, None] < v119_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
+        v119_rows = tl.where(tl.arange(0, C) // BC == v119_k, 1.0, 0.0)
+        v119 += v119_rows[:, None] * tl.dot((v117).to(DOT_DTYPE), (v118 * v119_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v119 = v119 * v119_A
+    for v119_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v119_p = v119_r + v119_j
+        v119_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v119_p)
+        v119_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v119_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v119_m = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v119_p)
+        v119_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v119 += v119_x[:, None] * v119_y * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v109 = v98
-    v110 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v108 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v110 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v111 = (v109 * v110)
     v120 = (v111 - v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
@@ -5346,71 +5886,104 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v125 = tl.sum((v124), axis=1)
     v126 = (v125 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v137 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v126[:, None])))))
     v138 = ((-0.5) * v123 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v126[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v126[:, None])))))
     v139 = tl.sum((v138), axis=1)
     v140 = (v139 / (D))
     v141 = (2.0 * v123 * v140[:, None])
-    v137 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v126[:, None])))))
     v142 = (v137 + v141)
     v143 = ((-1.0) * v142)
     v144 = tl.sum((v143), axis=1)
     v145 = (v144 / (D))
     v146 = (v142 + v145[:, None])
     v147 = ((-1.0) * v146)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v149 = tl.zeros((C, BV), DTYPE)
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v147 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_B * tl.dot(tl.trans((v117)).to(DOT_DTYPE), (v149_xA * v149_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v149_p * C + tl.arange(0, C))
+        v149_m = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v149_p * C + tl.arange(0, C))
+        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149 += v149_x * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a - v113, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v150 = (v116 * v149)
+    v152 = v150
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v148 = tl.zeros((C, C), DTYPE)
-    for v148_j in range(0, BV):  # the summed axis o, one position at a time
-        v148_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v148_j)
-        v148_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v148_j)
-        v148_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v148_j)
-        v148 += v148_x[:, None] * v148_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v148_a[:, None] - v148_a[None, :], 0.0))
+    v148_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v148_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v148_xA = v147 * v148_A
+    for v148_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v148_start = v148_k * BC
+        v148_B = tl.where(tl.arange(0, C)[:, None] < v148_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
+        v148_rows = tl.where(tl.arange(0, C) // BC == v148_k, 1.0, 0.0)
+        v148 += v148_rows[:, None] * tl.dot((v148_xA).to(DOT_DTYPE), tl.trans((v118 * v148_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v148_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v148_p = v148_r + v148_j
+        v148_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v148_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v148_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v148_d = tl.sum(v147 * v148_y * tl.exp(tl.minimum(v112 - v148_b, 0.0)), axis=1)
+        v148 += tl.where(tl.arange(0, C)[None, :] == v148_p[:, None], v148_d[:, None], 0.0)
+    v148 = v148 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v153 = (v109 * v146)
     v158 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 = tl.trans(tl.dot(tl.trans(v115).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v154 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v155 = (v151 + v154)
-        v107 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156_c0 = (0.5 * v107 * tl.full((), 1.4142135623730951, DTYPE))
         v156 = (v155 * (0.5 + (0.5 * tl.math.erf(v156_c0)) + (v156_c0 * tl.exp(((-0.5) * (v107 * v107))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v157 = ((-1.0) * v156)
-        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v159 = tl.zeros((C, D), DTYPE)
-    for v159_j in range(0, C):  # the summed axis t, one position at a time
-        v159_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v159_j * C + tl.arange(0, C))
-        v159_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v159_j * D + tl.arange(0, D))
-        v159_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v159_j * C + tl.arange(0, C))
-        v159_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v159_j * D + tl.arange(0, D))
-        v159 += v159_x[:, None] * v159_y[None, :] * v159_m[:, None] * tl.exp(tl.minimum(v159_a[None, :] - v94, 0.0))
+    v159_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v159_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v159_yA = q * v159_A
+    for v159_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v159_start = v159_k * BC
+        v159_B = tl.where(tl.arange(0, C)[:, None] < v159_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v159_rows = tl.where(tl.arange(0, C) // BC == v159_k, 1.0, 0.0)
+        v159 += v159_B * tl.dot(tl.trans((v158 * v159_rows[:, None])).to(DOT_DTYPE), (v159_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v159_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v159_p = v159_r + v159_j
+        v159_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + v159_p * C + tl.arange(0, C))
+        v159_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + v159_p[:, None] * D + tl.arange(0, D)[None, :])
+        v159_m = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v159_p * C + tl.arange(0, C))
+        v159_a = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_p[:, None] * D + tl.arange(0, D)[None, :])
+        v159 += v159_x[:, None] * v159_y * v159_m[:, None] * tl.exp(tl.minimum(v159_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v160 = (v102 * v159)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v149 = tl.zeros((C, BV), DTYPE)
-    for v149_j in range(0, C):  # the summed axis t, one position at a time
-        v149_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v149_j * BV + tl.arange(0, BV))
-        v149_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + v149_j * C + tl.arange(0, C))
-        v149_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v149_j * C + tl.arange(0, C))
-        v149_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v149_j * BV + tl.arange(0, BV))
-        v149 += v149_x[None, :] * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a[None, :] - v113, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v150 = (v116 * v149)
-    v152 = v150
+    v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v96 = tl.sum((v95), axis=0)
+    v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v131 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v130 = ((-1.0) * d_new_w2)
-        v115 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.dot(v115.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v132 = (v116 * v131)
     v133 = v132
@@ -5420,14 +5993,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v134 = ((-1.0) * d_new_w1)
-        v103 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v103.to(DOT_DTYPE), v134.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v136 = (v102 * v135)
     v161 = (v133 + v136)
-    v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v96 = tl.sum((v95), axis=0)
-    v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v162 = (v97 * v161)
     v163 = (v152 + v160 + v162)
     v164 = v163
@@ -5438,7 +6007,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -5470,7 +6039,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v48, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5502,11 +6071,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
@@ -5518,6 +6087,39 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v34 = v11
     v35 = v13
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5540,16 +6142,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
         tl.store(scratch + 3 * HID + HID * D + offs_h, v53)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        tl.store(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v142)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
+        tl.store(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
         v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
         v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
         v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
         tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
         v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
@@ -5564,7 +6167,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
         tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -5577,38 +6183,41 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v64 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = v64
+        tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -5618,47 +6227,30 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = v64
-        tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -5667,25 +6259,34 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -5694,18 +6295,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
+    v139 = (v130 * v117)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5715,62 +6306,100 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v168 = (v159 + v166)
-        v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
         v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v174)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v175_c2 = (0.5 * (v63 * v63))
+        v175_c3 = tl.exp(((-1.0) * v175_c2))
+        v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v175)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 4 * HID + 3 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 4 * HID + 3 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v139 = (v130 * v117)
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
     v131 = v129
     v228 = tl.zeros((D,), DTYPE)
     v216 = tl.zeros((BV,), DTYPE)
@@ -5779,29 +6408,16 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
+        v164 = tl.load(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v209 = (v164 + v207)
-        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
-        v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
-        v175_c2 = (0.5 * (v63 * v63))
-        v175_c3 = tl.exp(((-1.0) * v175_c2))
-        v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v175 = tl.load(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
+        v142 = tl.load(scratch + 4 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
+        v174 = tl.load(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
         v221 = (v142 + v174 + v212)
         v52 = tl.load(scratch + 3 * HID + offs_h[:, None] * D + offs_i[None, :])
         v53 = tl.load(scratch + 3 * HID + HID * D + offs_h)
@@ -5813,17 +6429,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v48 = tl.load(scratch + 2 * HID + offs_h)
         v227 = ((-1.0) * ((v48[:, None] * v15[None, :])) * v226)
         v228 += tl.sum((v227), axis=0)
-        v64 = tl.load(scratch + 4 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 4 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = (v131[:, None] * d_new_w2)
+        v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v176 = tl.load(scratch + 4 * HID + 3 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v213 = (v136 + v167 + v177 + v208)
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -5833,7 +6450,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         offs_g = offs_h
         v58 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 4 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v20 = tl.load(scratch + HID + offs_h)
         v219 = ((-1.0) * ((v45[:, None] * v20[None, :])) * v218)
@@ -5847,7 +6464,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -5879,7 +6496,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, q, v98, v90, v111, v112, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6002,16 +6619,25 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, D):  # the summed axis i, one position at a time
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v99_j)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v99_j)
-        v99_a = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))  # decayed scores
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = q * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + tl.arange(0, D)[None, :])
+        v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
     v94 = (q * v92)
@@ -6041,17 +6667,26 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
-    for v113_j in range(0, C):  # the summed axis s, one position at a time
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v113_j)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v113_j * BV + tl.arange(0, BV))
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_j)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + v113_j * BV + tl.arange(0, BV))
-        v113 += v113_x[:, None] * v113_y[None, :] * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b[None, :], 0.0))
+    v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v113_start = v113_k * BC
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
+        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v113 = v113 * v113_A
+    for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v113_p = v113_r + v113_j
+        v113_x = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
+        v113_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113_m = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+        v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = v92
     v104 = tl.zeros((C, BV), DTYPE)
@@ -6078,7 +6713,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -6110,7 +6745,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6246,16 +6881,25 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6299,17 +6943,26 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -6330,15 +6983,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -6346,11 +7008,21 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -6392,7 +7064,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -6424,7 +7096,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6560,16 +7232,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6613,17 +7294,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -6644,15 +7334,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -6660,11 +7359,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -6703,7 +7412,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -6735,7 +7444,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6867,16 +7576,25 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -6924,17 +7642,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -6955,15 +7682,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -6971,11 +7707,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -7020,7 +7766,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -7052,7 +7798,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7084,68 +7830,106 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v34 = v11
-    v35 = v13
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v131 = v129
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
+        v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
+        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
+        tl.store(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
+        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
+        v59_max = v59_new
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        tl.store(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
         v19 = tl.load(scratch + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + HID * D + offs_h, v53)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h, v53)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
-        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        v57 = (v34[:, None] * v56)
-        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
-        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
-        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
-        v59_max = v59_new
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
     v65 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -7158,38 +7942,38 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -7199,47 +7983,33 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -7248,26 +8018,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -7275,99 +8035,132 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    v155 = ((-1.0) * v154)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    v156 = tl.zeros((C, C), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
-        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v167)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v159 + v166)
+        v108 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
+        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v169)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v177)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
+        v136 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v177 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -7376,42 +8169,42 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        v169 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v209 = (v164 + v207)
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
         v222 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
         v223 = (v222 * tl.exp((v52 - v53[:, None])))
         v224 = ((-1.0) * v222 * tl.exp((v52 - v53[:, None])))
         v225 = tl.sum((v224), axis=1)
@@ -7440,7 +8233,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_weight_5_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 5 of the gradient of one chunk's `ln_weight`."""
@@ -7472,7 +8265,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7504,68 +8297,106 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v34 = v11
-    v35 = v13
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v131 = v129
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
+        v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
+        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
+        tl.store(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
+        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
+        v59_max = v59_new
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        tl.store(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
         v19 = tl.load(scratch + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + HID * D + offs_h, v53)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h, v53)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
-        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        v57 = (v34[:, None] * v56)
-        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
-        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
-        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
-        v59_max = v59_new
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
     v65 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -7578,38 +8409,38 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -7619,47 +8450,33 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -7668,26 +8485,16 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -7695,99 +8502,132 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    v155 = ((-1.0) * v154)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    v156 = tl.zeros((C, C), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
-        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v167)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v159 + v166)
+        v108 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
+        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v169)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v177)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
+        v136 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v177 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -7796,42 +8636,42 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        v169 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v209 = (v164 + v207)
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
         v222 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
         v223 = (v222 * tl.exp((v52 - v53[:, None])))
         v224 = ((-1.0) * v222 * tl.exp((v52 - v53[:, None])))
         v225 = tl.sum((v224), axis=1)
@@ -7857,7 +8697,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
 def chunk_grad_ln_weight_6_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 6 of the gradient of one chunk's `ln_weight`."""
@@ -7889,7 +8729,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7914,6 +8754,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -7921,68 +8769,98 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v34 = v11
-    v35 = v13
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v131 = v129
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
+        v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
+        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
+        tl.store(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
+        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
+        v59_max = v59_new
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        tl.store(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
         v19 = tl.load(scratch + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + HID * D + offs_h, v53)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h, v53)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
-        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        v57 = (v34[:, None] * v56)
-        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
-        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
-        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
-        v59_max = v59_new
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
     v65 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -7995,38 +8873,38 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -8036,47 +8914,33 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8085,26 +8949,16 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -8112,99 +8966,132 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    v155 = ((-1.0) * v154)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    v156 = tl.zeros((C, C), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
-        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v167)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v159 + v166)
+        v108 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
+        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v169)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v177)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
+        v136 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v177 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -8213,42 +9100,42 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        v169 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v209 = (v164 + v207)
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
         v222 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
         v223 = (v222 * tl.exp((v52 - v53[:, None])))
         v224 = ((-1.0) * v222 * tl.exp((v52 - v53[:, None])))
         v225 = tl.sum((v224), axis=1)
@@ -8280,7 +9167,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -8319,7 +9206,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -8351,7 +9238,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, q, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8483,16 +9370,25 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v101 = (q * v98)
     v103 = k
     v105 = (v103 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
@@ -8540,17 +9436,26 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
@@ -8571,15 +9476,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
     v148 = ((-1.0) * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
-    for v150_j in range(0, C):  # the summed axis t, one position at a time
-        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + v150_j * BV + tl.arange(0, BV))
-        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + v150_j * C + tl.arange(0, C))
-        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + C * BV + v150_j * C + tl.arange(0, C))
-        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_j * BV + tl.arange(0, BV))
-        v150 += v150_x[None, :] * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a[None, :] - v114, 0.0))
+    v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = v148 * v150_A
+    for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v150_start = v150_k * BC
+        v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
+        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v150_p = v150_r + v150_j
+        v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + v150_p * C + tl.arange(0, C))
+        v150_m = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + v150_p * C + tl.arange(0, C))
+        v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v151 = (v115 * v150)
     v153 = (v134 + v151)
@@ -8587,11 +9501,21 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v136 = (v100 * v103)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
-    for v149_j in range(0, BV):  # the summed axis o, one position at a time
-        v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v149_j)
-        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v149_j)
-        v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * BV + v149_j)
-        v149 += v149_x[:, None] * v149_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v149_a[:, None] - v149_a[None, :], 0.0))
+    v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = v148 * v149_A
+    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v149_start = v149_k * BC
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v149_p = v149_r + v149_j
+        v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v149_d = tl.sum(v148 * v149_y * tl.exp(tl.minimum(v113 - v149_b, 0.0)), axis=1)
+        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v155 = (v110 * v147)
     v164 = tl.zeros((C, BV), DTYPE)
@@ -8635,7 +9559,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -8667,7 +9591,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v52, v53, v54, v63, v64, v58, v59, v60, v86, v108, v109, v116, v169, v173, v176, v135, v214, v216, q, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8692,6 +9616,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v27 = (v26 * v26)
     v28 = tl.sum((v27), axis=0)
     v29 = (v28 / (D))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v13 = tl.sum((v12), axis=0)
+    v35 = v13
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
+    v11 = tl.sum((v10), axis=0)
+    v34 = v11
     v30 = (ln_bias + (v26 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29))))))
     v31 = v15
     v32 = (v30 + v31)  # memory output M(x)
@@ -8699,68 +9631,98 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v16 = (v * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v17 = tl.sum((v16), axis=0)
     v33 = (v32 - v17)  # inner gradient signal g = dl/dy
+    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v37 = ((-0.5) * v26 * ln_weight * v33 / (((tl.full((), 1e-05, DTYPE) + v29) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v38 = tl.sum((v37), axis=0)
     v39 = (v38 / (D))
     v40 = (2.0 * v26 * v39)
-    v36 = (ln_weight * v33 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v29)))))
     v41 = (v36 + v40)
     v42 = ((-1.0) * v41)
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v11 = tl.sum((v10), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
-    v13 = tl.sum((v12), axis=0)
-    v34 = v11
-    v35 = v13
+    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
+    v93 = tl.cumsum(v92, axis=0, reverse=False)
+    v98 = tl.exp(v93)  # cumulative decay in the chunk
+    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v129 = tl.sum((v128), axis=0)
+    v131 = v129
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (q * v98)
+    v103 = k
+    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
+    v99 = v62
+    v105 = (v103 * v99)
+    v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v106 = tl.zeros((C, C), DTYPE)
+    v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_xA = q * v106_A
+    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v106_start = v106_k * BC
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v106_p = v106_r + v106_j
+        v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_p[:, None] * D + tl.arange(0, D)[None, :])
+        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
+        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
+        v57 = (v34[:, None] * v56)
+        v20 = tl.load(scratch + HID + offs_h)
+        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
+        tl.store(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
+        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
+        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
+        v59_max = v59_new
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v136 = (v131[:, None] * d_new_w2)
+        tl.store(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
+        v51 = (v11[None, :] * v50)
         v46 = (w2 * v45[:, None])
         v47 = tl.sum((v46), axis=0)
         v19 = tl.load(scratch + offs_h)
         v48_c0 = (0.5 * v19 * tl.full((), 1.4142135623730951, DTYPE))
         v48 = (v47 * (0.5 + (0.5 * tl.math.erf(v48_c0)) + (v48_c0 * tl.exp(((-0.5) * (v19 * v19))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w1))
-        v51 = (v11[None, :] * v50)
         v52 = (v51 - (v13[None, :] * ((v48[:, None] * v15[None, :]))))
-        tl.store(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v52)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v52)
         v53_max = tl.max(v52, axis=1)
         v53 = v53_max + tl.log(tl.sum(tl.exp(v52 - v53_max[:, None]), axis=1))
-        tl.store(scratch + 2 * HID + HID * D + offs_h, v53)
+        tl.store(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h, v53)
         v54 = tl.exp((v52 - v53[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :], v54)
+        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
         v63 = tl.dot(k.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :], v63)
-        v64_c0 = (0.5 * v63)
-        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-        v20 = tl.load(scratch + HID + offs_h)
-        v56 = tl.log(tl.maximum(tl.full((), 1e-06, DTYPE), w2))
-        v57 = (v34[:, None] * v56)
-        v58 = (v57 - (v35[:, None] * ((v45[:, None] * v20[None, :]))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v58)
-        v59_new = tl.maximum(v59_max, tl.max(v58, axis=1))
-        v59_sum = v59_sum * tl.exp(v59_max - v59_new) + tl.sum(tl.exp(v58 - v59_new[:, None]), axis=1)
-        v59_max = v59_new
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     v59 = v59_max + tl.log(v59_sum)
     tl.debug_barrier()
     v65 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v60 = tl.exp((v58 - v59[:, None]))  # lag step: softmax over the input axis
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v60)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v60)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64_c0 = (0.5 * v63)
+        v64 = (v64_c0 * (1.0 + tl.math.erf((v64_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v66 = tl.sum((v65), axis=1)
@@ -8773,38 +9735,38 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
-    v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v103 = k
-    v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
-    v99 = v62
-    v105 = (v103 * v99)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
-    v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
-    v93 = tl.cumsum(v92, axis=0, reverse=False)
-    v94 = v93
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
-    for v106_j in range(0, D):  # the summed axis i, one position at a time
-        v106_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C) * D + v106_j)
-        v106_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C) * D + v106_j)
-        v106_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * D + v106_j)
-        v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v98 = tl.exp(v93)  # cumulative decay in the chunk
-    v101 = (q * v98)
+    v110 = v98
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v104 = v87
+        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v102 - v107)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v108)
+        v109_c0 = (0.5 * v108)
+        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v112 = (v110 * v111)
     v117 = v85
     v115 = v99
     v119 = (v117 * v115)
@@ -8814,47 +9776,33 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v86)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v104 = v87
-        v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v54 = tl.load(scratch + 3 * HID + HID * D + offs_h[:, None] * D + offs_i[None, :])
-        v102 = tl.dot(v101.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v102 - v107)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
-        v109_c0 = (0.5 * v108)
-        v109 = (v109_c0 * (1.0 + tl.math.erf((v109_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 = v64
-        tl.store(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
-    for v120_j in range(0, C):  # the summed axis s, one position at a time
-        v120_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + tl.arange(0, C) * C + v120_j)
-        v120_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + v120_j * BV + tl.arange(0, BV))
-        v120_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_j)
-        v120_b = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v120_j * BV + tl.arange(0, BV))
-        v120 += v120_x[:, None] * v120_y[None, :] * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b[None, :], 0.0))
+    v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v120_start = v120_k * BC
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v120 = v120 * v120_A
+    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v120_p = v120_r + v120_j
+        v120_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v120_p)
+        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v120_p)
+        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = v98
-    v111 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v112 = (v110 * v111)
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8863,26 +9811,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v126 = tl.sum((v125), axis=1)
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
-    v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v156 = tl.zeros((C, C), DTYPE)
-    for v156_j in range(0, BV):  # the summed axis o, one position at a time
-        v156_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v156_j)
-        v156_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + tl.arange(0, C) * BV + v156_j)
-        v156_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C) * BV + v156_j)
-        v156 += v156_x[:, None] * v156_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v156_a[:, None] - v156_a[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
     v165 = (v110 * v154)
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -8890,99 +9828,132 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
     v143 = (v100 * v103)
+    v155 = ((-1.0) * v154)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v157 = tl.zeros((C, BV), DTYPE)
-    for v157_j in range(0, C):  # the summed axis t, one position at a time
-        v157_x = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + C * BV + v157_j * BV + tl.arange(0, BV))
-        v157_y = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + v157_j * C + tl.arange(0, C))
-        v157_m = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + C * C + C * BV + v157_j * C + tl.arange(0, C))
-        v157_a = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + v157_j * BV + tl.arange(0, BV))
-        v157 += v157_x[None, :] * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a[None, :] - v114, 0.0))
+    v156 = tl.zeros((C, C), DTYPE)
+    v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_xA = v155 * v156_A
+    for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v156_start = v156_k * BC
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v156_p = v156_r + v156_j
+        v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v156_d = tl.sum(v155 * v156_y * tl.exp(tl.minimum(v113 - v156_b, 0.0)), axis=1)
+        v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
+    v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v158 = (v115 * v157)
     v130 = v100
-    v178 = tl.zeros((C, BV), DTYPE)
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v116 = tl.load(scratch + 3 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
-        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v168 = (v159 + v166)
-        v108 = tl.load(scratch + 3 * HID + 2 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
-        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
-        v170 = ((-1.0) * v169)
-        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v167)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v141 = ((-1.0) * d_new_w1)
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v159 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v165).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v168 = (v159 + v166)
+        v108 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v169_c0 = (0.5 * v108 * tl.full((), 1.4142135623730951, DTYPE))
+        v169 = (v168 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v108 * v108))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v169)
+        v170 = ((-1.0) * v169)
+        v171 = tl.dot(tl.trans(v106).to(DOT_DTYPE), v170.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v172 = (v144 + v171)
         v173 = v172
-        tl.store(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v173)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v173)
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v176_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v176 = (v173 * (0.5 + (0.5 * tl.math.erf(v176_c0)) + (v176_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v176)
-        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v176)
+        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v177)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v135 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v135)
+        tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v157 = tl.zeros((C, BV), DTYPE)
+    v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = v155 * v157_A
+    for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v157_start = v157_k * BC
+        v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
+        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v157_p = v157_r + v157_j
+        v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + v157_p * C + tl.arange(0, C))
+        v157_m = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + v157_p * C + tl.arange(0, C))
+        v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v158 = (v115 * v157)
     v161 = (v138 + v158)
     v162 = v161
+    v178 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    v184 = (2.0 * v79[:, None] * v183)
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
-    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v198 = tl.sum((v197), axis=1)
+    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
-    v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v184 = (2.0 * v79[:, None] * v183)
-    v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v129 = tl.sum((v128), axis=0)
-    v131 = v129
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 3 * HID + 2 * HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v208 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), v206.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v176 = tl.load(scratch + 3 * HID + 2 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v167 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v165.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = (v131[:, None] * d_new_w2)
+        v136 = tl.load(scratch + 2 * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v167 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 7 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v177 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v213 = (v136 + v167 + v177 + v208)
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v214 = (v213 * tl.exp((v58 - v59[:, None])))
-        tl.store(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v214)
+        tl.store(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v214)
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
@@ -8991,42 +9962,42 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v58 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v217 = (v216[:, None] * tl.exp((v58 - v59[:, None])))
-        v214 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
+        v214 = tl.load(scratch + 3 * HID + 6 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v218 = (v214 + v217)
         v219 = ((-1.0) * v35[:, None] * v218)
         v20 = tl.load(scratch + HID + offs_h)
         v220 = (v20[None, :] * v219)
         v234 += tl.sum((v220), axis=1)
-        v60 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 3 * HID + 2 * HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v135 = tl.load(scratch + 3 * HID + 2 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
-        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v163 = (v140 + v160)
-        v164 = v163
-        v209 = (v164 + v207)
-        v63 = tl.load(scratch + 3 * HID + 2 * HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
-        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v86 = tl.load(scratch + 3 * HID + 2 * HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v173 = tl.load(scratch + 3 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v142 = (v129[None, :] * d_new_w1)
+        v169 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v173 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v175_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v175_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v175_c2 = (0.5 * (v63 * v63))
         v175_c3 = tl.exp(((-1.0) * v175_c2))
         v175 = (v86 * v173 * ((v175_c0 * v175_c1 * v175_c3) - (v175_c0 * v175_c1 * v175_c2 * v175_c3)))
+        v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v160 = tl.trans(tl.dot(tl.trans(v109).to(DOT_DTYPE), v156.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v163 = (v140 + v160)
+        v164 = v163
+        v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v207 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v206).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v209 = (v164 + v207)
+        v210_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
+        v210 = (v209 * (0.5 + (0.5 * tl.math.erf(v210_c0)) + (v210_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v211 = (v175 + v210)
         v212 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v211.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v169 = tl.load(scratch + 3 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
-        v174 = tl.trans(tl.dot(tl.trans(v101).to(DOT_DTYPE), v169.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v142 = (v129[None, :] * d_new_w1)
         v222 = (v142 + v174 + v212)
-        v52 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v53 = tl.load(scratch + 2 * HID + HID * D + offs_h)
+        v52 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :])
+        v53 = tl.load(scratch + 2 * HID + 2 * BV * HID + BV + HID * D + offs_h)
         v223 = (v222 * tl.exp((v52 - v53[:, None])))
         v224 = ((-1.0) * v222 * tl.exp((v52 - v53[:, None])))
         v225 = tl.sum((v224), axis=1)

@@ -29,7 +29,8 @@ DESCRIPTION = {'spec': 'moneta',
  'kernels': {'state_fwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
                            'value_blocks': 'none',
-                           'tiles': 8.0},
+                           'tiles': 8.0,
+                           'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['h', 'i'],
                                      ['t', 'h'],
@@ -42,14 +43,14 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['h', 'i'],
                                      ['t', 'h'],
                                      ['t', 'h'],
-                                     ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
-                         'tiles': 12.5},
+                         'tiles': 14.0,
+                         'sub_chunks': True},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -78,7 +79,6 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['o', 'h'],
                                        ['h', 'i'],
                                        ['o', 'h'],
-                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
@@ -86,7 +86,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 's'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
-                           'tiles': 28.5},
+                           'tiles': 31.0,
+                           'sub_chunks': True},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -98,8 +99,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['o', 'h'],
                                           ['o', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 8.5},
-             'grad_q_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
+                              'tiles': 8.5,
+                              'sub_chunks': False},
+             'grad_q_1_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'none',
+                              'tiles': 2.0,
+                              'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -109,15 +115,14 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 11.0},
+                              'tiles': 13.0,
+                              'sub_chunks': True},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -128,16 +133,15 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 13.0},
+                              'tiles': 15.5,
+                              'sub_chunks': True},
              'grad_q_4_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -147,15 +151,14 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 11.5},
+                              'tiles': 13.5,
+                              'sub_chunks': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -171,16 +174,16 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 16.0},
+                              'tiles': 18.0,
+                              'sub_chunks': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -199,7 +202,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -207,7 +209,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 18.0},
+                              'tiles': 20.0,
+                              'sub_chunks': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -229,7 +232,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -237,7 +239,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 21.0},
+                              'tiles': 23.5,
+                              'sub_chunks': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -256,7 +259,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -264,7 +266,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 18.0},
+                              'tiles': 20.0,
+                              'sub_chunks': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['h', 'i'],
                                           ['t', 'h'],
@@ -283,7 +286,6 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -291,7 +293,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 17.0},
+                              'tiles': 19.0,
+                              'sub_chunks': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -299,14 +302,14 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['o', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 12.0},
+                                       'tiles': 14.0,
+                                       'sub_chunks': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -317,16 +320,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 15.0},
+                                       'tiles': 17.5,
+                                       'sub_chunks': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -344,15 +346,14 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 16.0},
+                                       'tiles': 17.5,
+                                       'sub_chunks': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -367,7 +368,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['o', 'h'],
                                                    ['h', 'i']],
                                        'value_blocks': 'none',
-                                       'tiles': 12.0},
+                                       'tiles': 12.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['h', 'i'],
                                                    ['t', 'h'],
@@ -385,16 +387,17 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
-                                                   ['t', 's']],
+                                                   ['t', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
-                                       'tiles': 18.0},
+                                       'tiles': 19.5,
+                                       'sub_chunks': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -402,7 +405,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['o', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -410,7 +412,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
-                                     'tiles': 11.0},
+                                     'tiles': 13.0,
+                                     'sub_chunks': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['h', 'i'],
                                                  ['t', 'h'],
@@ -421,16 +424,16 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
-                                                 ['t', 's']],
+                                                 ['t', 's'],
+                                                 ['t', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 14.0},
+                                     'tiles': 16.5,
+                                     'sub_chunks': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -445,7 +448,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['o', 'h'],
                                                  ['h', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 10.0},
+                                     'tiles': 10.0,
+                                     'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['o', 'h'],
                                                   ['t', 'h'],
@@ -455,22 +459,24 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['o', 'h'],
                                                   ['h', 'i']],
                                       'value_blocks': 'none',
-                                      'tiles': 9.5},
+                                      'tiles': 9.5,
+                                      'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [['h', 'i'],
+                                      'scratch': [['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
+                                                  ['t', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
-                                      'tiles': 11.0},
+                                      'tiles': 13.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -489,7 +495,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -497,7 +502,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 18.0},
+                                      'tiles': 20.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -516,7 +522,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -524,7 +529,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 17.0},
+                                      'tiles': 19.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_4_bwd': {'grid': 'chunks',
                                       'scratch': [['h', 'i'],
                                                   ['t', 'h'],
@@ -543,7 +549,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -551,9 +556,18 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 18.0},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
-             'grad_ln_bias_1_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
+                                      'tiles': 20.0,
+                                      'sub_chunks': True},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks',
+                                    'scratch': [],
+                                    'value_blocks': 'none',
+                                    'tiles': 2.0,
+                                    'sub_chunks': False},
+             'grad_ln_bias_1_bwd': {'grid': 'chunks',
+                                    'scratch': [],
+                                    'value_blocks': 'none',
+                                    'tiles': 2.0,
+                                    'sub_chunks': False},
              'grad_ln_bias_2_bwd': {'grid': 'chunks',
                                     'scratch': [['h', 'i'],
                                                 ['t', 'h'],
@@ -572,7 +586,6 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['o', 'h'],
-                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -580,7 +593,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 's'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
-                                    'tiles': 18.0}},
+                                    'tiles': 20.0,
+                                    'sub_chunks': True}},
  'stored': []}
 
 
@@ -588,7 +602,7 @@ DESCRIPTION = {'spec': 'moneta',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -734,7 +748,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -765,7 +779,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, q, v74, v61, v91, v92, causal
+    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, v74, v61, v91, v92, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -913,16 +927,25 @@ def chunk_out_fwd_kernel(
     v143 = v130
     v144 = (v142 + v143)  # memory output M(x)
     v74 = (v72 * v67)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -960,17 +983,26 @@ def chunk_out_fwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -1017,7 +1049,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -1052,7 +1084,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, q, v74, v61, v91, v92, causal, v198
+        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, v74, v61, v91, v92, causal, v198
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1235,16 +1267,25 @@ def chunk_state_bwd_kernel(
         v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
         v171 = (v170 / (HID * D))
         v74 = (v72 * v67)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v75 = tl.zeros((C, C), DTYPE)
-        for v75_j in range(0, D):  # the summed axis i, one position at a time
-            v75_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-            v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-            v75_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-            v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+        v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v75_xA = q * v75_A
+        for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v75_start = v75_k * BC
+            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+            v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v75_p = v75_r + v75_j
+            v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+            v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+            v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+        v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
         v69 = ((-1.0) + v66)
         v70 = (q * v69)
@@ -1292,17 +1333,26 @@ def chunk_state_bwd_kernel(
             v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v93 = tl.zeros((C, BV), DTYPE)
-        for v93_j in range(0, C):  # the summed axis s, one position at a time
-            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-            v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+        v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 = v93 * v93_A
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v82 = v66
         v83 = ((-1.0) + v82)
@@ -1352,14 +1402,23 @@ def chunk_state_bwd_kernel(
         v192 = (v188 + v191[:, None])
         v195 = (v29 * v192)
         v198 = ((-1.0) * v195)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v199 = tl.zeros((C, C), DTYPE)
-        for v199_j in range(0, BV):  # the summed axis o, one position at a time
-            v199_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v199_j)
-            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v199_j)
-            v199_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v199_j)
-            v199 += v199_x[:, None] * v199_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v199_a[:, None] - v199_a[None, :], 0.0))
+        v199_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v199_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v199_xA = v198 * v199_A
+        for v199_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v199_start = v199_k * BC
+            v199_B = tl.where(tl.arange(0, C)[:, None] < v199_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v199_rows = tl.where(tl.arange(0, C) // BC == v199_k, 1.0, 0.0)
+            v199 += v199_rows[:, None] * tl.dot((v199_xA).to(DOT_DTYPE), tl.trans((v92 * v199_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v199_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v199_p = v199_r + v199_j
+            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v199_d = tl.sum(v198 * v199_y * tl.exp(tl.minimum(v86 - v199_b, 0.0)), axis=1)
+            v199 += tl.where(tl.arange(0, C)[None, :] == v199_p[:, None], v199_d[:, None], 0.0)
+        v199 = v199 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         v208 = (v83 * v195)
         v225 = tl.zeros((C, BV), DTYPE)
@@ -1419,14 +1478,24 @@ def chunk_state_bwd_kernel(
             v176 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v177 = (v110 * v176)
+        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v200 = tl.zeros((C, BV), DTYPE)
-        for v200_j in range(0, C):  # the summed axis t, one position at a time
-            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v200_j * BV + tl.arange(0, BV))
-            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + v200_j * C + tl.arange(0, C))
-            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v200_j * C + tl.arange(0, C))
-            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v200_j * BV + tl.arange(0, BV))
-            v200 += v200_x[None, :] * v200_y[:, None] * v200_m[:, None] * tl.exp(tl.minimum(v200_a[None, :] - v87, 0.0))
+        v200_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v200_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v200_xA = v198 * v200_A
+        for v200_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v200_start = v200_k * BC
+            v200_B = tl.where(tl.arange(0, C)[:, None] < v200_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v200_rows = tl.where(tl.arange(0, C) // BC == v200_k, 1.0, 0.0)
+            v200 += v200_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v200_xA * v200_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v200_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v200_p = v200_r + v200_j
+            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v200_p * C + tl.arange(0, C))
+            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v200_p * C + tl.arange(0, C))
+            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v200 += v200_x * v200_y[:, None] * v200_m[:, None] * tl.exp(tl.minimum(v200_a - v87, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
         v201 = (v88 * v200)
         v204 = (v177 + v201)
@@ -1568,7 +1637,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1781,7 +1850,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1821,7 +1890,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1853,7 +1922,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, v67, v58, v84, v85, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1923,16 +1992,25 @@ def chunk_grad_q_2_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -1980,17 +2058,26 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -2041,14 +2128,23 @@ def chunk_grad_q_2_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
-    for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v121 = tl.zeros((C, D), DTYPE)
@@ -2073,7 +2169,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -2105,7 +2201,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2175,16 +2271,25 @@ def chunk_grad_q_3_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -2233,17 +2338,26 @@ def chunk_grad_q_3_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -2294,14 +2408,23 @@ def chunk_grad_q_3_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
-    for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -2322,15 +2445,24 @@ def chunk_grad_q_3_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
-    for v124_j in range(0, C):  # the summed axis s, one position at a time
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_j)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
-        v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
+    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v124_start = v124_k * BC
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
+        v124 += v124_rows[:, None] * tl.dot((v123).to(DOT_DTYPE), (v67 * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v124 = v124 * v124_A
+    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v124_p = v124_r + v124_j
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2338,7 +2470,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_q_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `q`."""
@@ -2370,7 +2502,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, v67, v58, v84, v85, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2440,16 +2572,25 @@ def chunk_grad_q_4_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -2497,17 +2638,26 @@ def chunk_grad_q_4_bwd_kernel(
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -2558,14 +2708,23 @@ def chunk_grad_q_4_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
-    for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v122 = tl.zeros((C, D), DTYPE)
@@ -2592,7 +2751,7 @@ def chunk_grad_q_4_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -2624,7 +2783,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, q, v74, v61, v91, v92, causal, v182, v191
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, v74, v61, v91, v92, causal, v191, q
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2818,16 +2977,25 @@ def chunk_grad_k_0_bwd_kernel(
         v168 += tl.dot(v73.to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v169 = (v68 * v168)
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -2866,17 +3034,26 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -2926,14 +3103,23 @@ def chunk_grad_k_0_bwd_kernel(
     v179 = (v175 + v178[:, None])
     v181 = (v29 * v179)
     v182 = ((-1.0) * v181)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v182)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v183 = tl.zeros((C, C), DTYPE)
-    for v183_j in range(0, BV):  # the summed axis o, one position at a time
-        v183_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v183_j)
-        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v183_j)
-        v183_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * BV + v183_j)
-        v183 += v183_x[:, None] * v183_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v183_a[:, None] - v183_a[None, :], 0.0))
+    v183_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v183_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v183_xA = v182 * v183_A
+    for v183_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v183_start = v183_k * BC
+        v183_B = tl.where(tl.arange(0, C)[:, None] < v183_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v183_rows = tl.where(tl.arange(0, C) // BC == v183_k, 1.0, 0.0)
+        v183 += v183_rows[:, None] * tl.dot((v183_xA).to(DOT_DTYPE), tl.trans((v92 * v183_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v183_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v183_p = v183_r + v183_j
+        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v183_d = tl.sum(v182 * v183_y * tl.exp(tl.minimum(v86 - v183_b, 0.0)), axis=1)
+        v183 += tl.where(tl.arange(0, C)[None, :] == v183_p[:, None], v183_d[:, None], 0.0)
+    v183 = v183 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v185 = (v83 * v181)
     v191 = tl.zeros((C, C), DTYPE)
@@ -2954,15 +3140,25 @@ def chunk_grad_k_0_bwd_kernel(
         v190 = ((-1.0) * v189)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v192 = tl.zeros((C, D), DTYPE)
-    for v192_j in range(0, C):  # the summed axis t, one position at a time
-        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * C + 2 * C * BV + v192_j * C + tl.arange(0, C))
-        v192_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v192_j * D + tl.arange(0, D))
-        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * C + C * BV + v192_j * C + tl.arange(0, C))
-        v192_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + v192_j * D + tl.arange(0, D))
-        v192 += v192_x[:, None] * v192_y[None, :] * v192_m[:, None] * tl.exp(tl.minimum(v192_a[None, :] - v62, 0.0))
+    v192_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v192_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v192_yA = q * v192_A
+    for v192_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v192_start = v192_k * BC
+        v192_B = tl.where(tl.arange(0, C)[:, None] < v192_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v192_rows = tl.where(tl.arange(0, C) // BC == v192_k, 1.0, 0.0)
+        v192 += v192_B * tl.dot(tl.trans((v191 * v192_rows[:, None])).to(DOT_DTYPE), (v192_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v192_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v192_p = v192_r + v192_j
+        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + v192_p * C + tl.arange(0, C))
+        v192_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + v192_p[:, None] * D + tl.arange(0, D)[None, :])
+        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + v192_p * C + tl.arange(0, C))
+        v192_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_p[:, None] * D + tl.arange(0, D)[None, :])
+        v192 += v192_x[:, None] * v192_y * v192_m[:, None] * tl.exp(tl.minimum(v192_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v193 = (v67 * v192)
     v194 = (v169 + v193)
@@ -2973,7 +3169,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -3005,7 +3201,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3187,16 +3383,25 @@ def chunk_grad_k_1_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -3243,17 +3448,26 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -3303,14 +3517,23 @@ def chunk_grad_k_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -3363,14 +3586,24 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -3396,7 +3629,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -3428,7 +3661,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, q, v74, v61, v91, v92, causal, v193
+    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, v74, v61, v91, v92, causal, v193
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3611,16 +3844,25 @@ def chunk_grad_k_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -3667,17 +3909,26 @@ def chunk_grad_k_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -3727,14 +3978,23 @@ def chunk_grad_k_2_bwd_kernel(
     v190 = (v186 + v189[:, None])
     v192 = (v29 * v190)
     v193 = ((-1.0) * v192)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, C), DTYPE)
-    for v194_j in range(0, BV):  # the summed axis o, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v194_j)
-        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v194_j)
-        v194_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v194_j)
-        v194 += v194_x[:, None] * v194_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v194_a[:, None] - v194_a[None, :], 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v193 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_rows[:, None] * tl.dot((v194_xA).to(DOT_DTYPE), tl.trans((v92 * v194_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_d = tl.sum(v193 * v194_y * tl.exp(tl.minimum(v86 - v194_b, 0.0)), axis=1)
+        v194 += tl.where(tl.arange(0, C)[None, :] == v194_p[:, None], v194_d[:, None], 0.0)
+    v194 = v194 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v203 = (v83 * v192)
     v214 = tl.zeros((C, BV), DTYPE)
@@ -3790,14 +4050,24 @@ def chunk_grad_k_2_bwd_kernel(
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, BV), DTYPE)
-    for v195_j in range(0, C):  # the summed axis t, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v195_j * BV + tl.arange(0, BV))
-        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + v195_j * C + tl.arange(0, C))
-        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v195_j * C + tl.arange(0, C))
-        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v195_j * BV + tl.arange(0, BV))
-        v195 += v195_x[None, :] * v195_y[:, None] * v195_m[:, None] * tl.exp(tl.minimum(v195_a[None, :] - v87, 0.0))
+    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = v193 * v195_A
+    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v195_start = v195_k * BC
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
+        v195 += v195_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v195_xA * v195_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v195_p = v195_r + v195_j
+        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v195_p * C + tl.arange(0, C))
+        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v195_p * C + tl.arange(0, C))
+        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195 += v195_x * v195_y[:, None] * v195_m[:, None] * tl.exp(tl.minimum(v195_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v196 = (v88 * v195)
     v199 = (v176 + v196)
@@ -3865,7 +4135,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -3897,7 +4167,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4079,16 +4349,25 @@ def chunk_grad_v_0_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -4135,17 +4414,26 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -4195,14 +4483,23 @@ def chunk_grad_v_0_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -4255,14 +4552,24 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -4286,7 +4593,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -4318,7 +4625,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4500,16 +4807,25 @@ def chunk_grad_v_1_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -4556,17 +4872,26 @@ def chunk_grad_v_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -4616,14 +4941,23 @@ def chunk_grad_v_1_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -4676,14 +5010,24 @@ def chunk_grad_v_1_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -4704,7 +5048,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -4736,7 +5080,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v74, v67, v58, v84, v85, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4806,16 +5150,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -4861,17 +5214,26 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -4932,7 +5294,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -4964,7 +5326,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5034,16 +5396,25 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -5092,17 +5463,26 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -5153,14 +5533,23 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
-    for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -5181,15 +5570,24 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
-    for v124_j in range(0, C):  # the summed axis s, one position at a time
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_j * D + tl.arange(0, D))
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v124_j)
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_j)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
-        v124 += v124_x[None, :] * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b[None, :], 0.0))
+    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v124_start = v124_k * BC
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
+        v124 += v124_rows[:, None] * tl.dot((v123).to(DOT_DTYPE), (v67 * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v124 = v124 * v124_A
+    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v124_p = v124_r + v124_j
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124 += v124_x * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (q * v124)
     v126 = tl.cumsum(v125, axis=0, reverse=True)
@@ -5200,7 +5598,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -5232,7 +5630,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v91, v92, causal, v194
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v74, v61, v91, v92, causal
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5457,16 +5855,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v180 = (v176 + v179)
     v181 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -5505,17 +5912,26 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -5565,14 +5981,23 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
-    for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
-        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_a[None, :], 0.0))
+    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = v194 * v195_A
+    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v195_start = v195_k * BC
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((v92 * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v195_p = v195_r + v195_j
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
+        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
+    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v197 = (v83 * v193)
     v204 = tl.zeros((C, D), DTYPE)
@@ -5605,7 +6030,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -5872,7 +6297,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -5904,7 +6329,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, q, v74, v61, v91, v92, causal, v194, v206
+    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v74, v61, v91, v92, causal, q, v206, v194
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6132,16 +6557,25 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v210 = (v67 * v209)
     v211 = ((-1.0) * v59[:, None] * v210 * tl.exp((v64[None, :] - v62)))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -6180,17 +6614,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -6240,14 +6683,23 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v191 = (v187 + v190[:, None])
     v193 = (v29 * v191)
     v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
-    for v195_j in range(0, BV):  # the summed axis o, one position at a time
-        v195_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v195_j)
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v195_j)
-        v195_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v195_j)
-        v195 += v195_x[:, None] * v195_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v195_a[:, None] - v195_a[None, :], 0.0))
+    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = v194 * v195_A
+    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v195_start = v195_k * BC
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((v92 * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v195_p = v195_r + v195_j
+        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
+        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
+    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v200 = (v83 * v193)
     v206 = tl.zeros((C, C), DTYPE)
@@ -6268,25 +6720,45 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v205 = ((-1.0) * v204)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v207 = tl.zeros((C, D), DTYPE)
-    for v207_j in range(0, C):  # the summed axis t, one position at a time
-        v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v207_j * D + tl.arange(0, D))
-        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v207_j * C + tl.arange(0, C))
-        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v207_j * C + tl.arange(0, C))
-        v207_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v207_j * D + tl.arange(0, D))
-        v207 += v207_x[None, :] * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a[None, :] - v62, 0.0))
+    v207_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v207_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v207_xA = q * v207_A
+    for v207_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v207_start = v207_k * BC
+        v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v207_rows = tl.where(tl.arange(0, C) // BC == v207_k, 1.0, 0.0)
+        v207 += v207_B * tl.dot(tl.trans((v206)).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v207_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v207_p = v207_r + v207_j
+        v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207 += v207_x * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v208 = ((-1.0) * v74 * v207)
+    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v196 = tl.zeros((C, BV), DTYPE)
-    for v196_j in range(0, C):  # the summed axis t, one position at a time
-        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v196_j * C + tl.arange(0, C))
-        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v196_j * BV + tl.arange(0, BV))
-        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v196_j * C + tl.arange(0, C))
-        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_j * BV + tl.arange(0, BV))
-        v196 += v196_x[:, None] * v196_y[None, :] * v196_m[:, None] * tl.exp(tl.minimum(v196_a[None, :] - v87, 0.0))
+    v196_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v196_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v196_yA = v194 * v196_A
+    for v196_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v196_start = v196_k * BC
+        v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v196_rows = tl.where(tl.arange(0, C) // BC == v196_k, 1.0, 0.0)
+        v196 += v196_B * tl.dot(tl.trans((v91 * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v196_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v196_p = v196_r + v196_j
+        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
+        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v196_p * C + tl.arange(0, C))
+        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196 += v196_x[:, None] * v196_y * v196_m[:, None] * tl.exp(tl.minimum(v196_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v197 = ((-1.0) * v92 * v196)
     v199 = v197
@@ -6300,7 +6772,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -6332,7 +6804,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal, v113
+    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v70, v74, v67, v58, v84, v85, causal, v113
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6402,16 +6874,25 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -6457,17 +6938,26 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -6518,15 +7008,24 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v114 = tl.zeros((C, BV), DTYPE)
-    for v114_j in range(0, C):  # the summed axis t, one position at a time
-        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v114_j * BV + tl.arange(0, BV))
-        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + v114_j * C + tl.arange(0, C))
-        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v114_j * C + tl.arange(0, C))
-        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v114_j * BV + tl.arange(0, BV))
-        v114 += v114_x[None, :] * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a[None, :] - v80, 0.0))
+    v114_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v114_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v114_xA = v113 * v114_A
+    for v114_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v114_start = v114_k * BC
+        v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v114_rows = tl.where(tl.arange(0, C) // BC == v114_k, 1.0, 0.0)
+        v114 += v114_B * tl.dot(tl.trans((v84)).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v114_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v114_p = v114_r + v114_j
+        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v114_p * C + tl.arange(0, C))
+        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v114_p * C + tl.arange(0, C))
+        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114 += v114_x * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a - v80, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v115 = (v83 * v114)
     v116 = v115
@@ -6537,7 +7036,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -6569,7 +7068,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, q, v67, v58, v84, v85, causal, v114, v123
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123, q
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6639,16 +7138,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
     v62 = ((-1.0) + v60)
@@ -6697,17 +7205,26 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v75 = v60
     v76 = ((-1.0) + v75)
@@ -6758,14 +7275,23 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v113 = (v29 * v111)
     v114 = ((-1.0) * v113)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v114)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
-    for v115_j in range(0, BV):  # the summed axis o, one position at a time
-        v115_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v115_j)
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v115_j)
-        v115_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v115_j)
-        v115 += v115_x[:, None] * v115_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v115_a[:, None] - v115_a[None, :], 0.0))
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v117 = (v76 * v113)
     v123 = tl.zeros((C, C), DTYPE)
@@ -6786,15 +7312,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
-    for v124_j in range(0, C):  # the summed axis t, one position at a time
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v124_j * C + tl.arange(0, C))
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_j * D + tl.arange(0, D))
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v124_j * C + tl.arange(0, C))
-        v124_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v124_j * D + tl.arange(0, D))
-        v124 += v124_x[:, None] * v124_y[None, :] * v124_m[:, None] * tl.exp(tl.minimum(v124_a[None, :] - v59, 0.0))
+    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_yA = q * v124_A
+    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v124_start = v124_k * BC
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
+        v124 += v124_B * tl.dot(tl.trans((v123 * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v124_p = v124_r + v124_j
+        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v124_a - v59, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (v65 * v124)
     v126 = v125
@@ -6804,7 +7340,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
@@ -7067,7 +7603,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -7253,7 +7789,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -7285,7 +7821,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV)  # v15, v30, v31, v21, v70, v74, q, v67, v58, v84, v85, causal
+    scratch = scratch_ptr + slot * (6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV)  # v72, v64, v30, v21, v31, v70, v74, v67, v58, v84, v85, causal
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7295,19 +7832,50 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
     v13 = (v12 / (HID * D))
     v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v65 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    v67 = (v65 * v61)
+    v59 = v58
+    tl.store(scratch + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v18 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v72)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -7320,8 +7888,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v30 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -7336,59 +7907,56 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
     v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v49 = (v44 + v48)
     v50 = ((-1.0) * v49)
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v65 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    v67 = (v65 * v61)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    v59 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    for v68_j in range(0, D):  # the summed axis i, one position at a time
-        v68_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C) * D + v68_j)
-        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v68_j)
-        v68_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v68_j)
-        v68 += v68_x[:, None] * v68_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v68_a[:, None] - v68_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    v89 = tl.zeros((C, BV), DTYPE)
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v72 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = (v72 + v71)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v21 = tl.load(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v78 = (v76 * v77)
     v83 = v53
     v81 = v61
     v85 = (v83 * v81)
@@ -7398,40 +7966,31 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v73 = (v72 + v71)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
+        v74 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
-    for v86_j in range(0, C):  # the summed axis s, one position at a time
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v86_j)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + v86_j * BV + tl.arange(0, BV))
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_j)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v86_j * BV + tl.arange(0, BV))
-        v86 += v86_x[:, None] * v86_y[None, :] * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b[None, :], 0.0))
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v78 = (v76 * v77)
     v87 = (v78 - v86)
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7443,13 +8002,6 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     v88 = (v87 * v29)
-    v89 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -7467,7 +8019,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -7499,7 +8051,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7681,16 +8233,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -7737,17 +8298,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -7797,14 +8367,23 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -7857,14 +8436,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -7885,7 +8474,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -7917,7 +8506,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8099,16 +8688,25 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -8155,17 +8753,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -8215,14 +8822,23 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -8275,14 +8891,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -8300,7 +8926,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_weight_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `ln_weight`."""
@@ -8332,7 +8958,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8514,16 +9140,25 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -8570,17 +9205,26 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -8630,14 +9274,23 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -8690,14 +9343,24 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)
@@ -8724,7 +9387,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -8764,7 +9427,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -8804,7 +9467,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
 def chunk_grad_ln_bias_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_bias`."""
@@ -8836,7 +9499,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, q, v74, v61, v91, v92, causal, v192
+    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9018,16 +9681,25 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
-    for v75_j in range(0, D):  # the summed axis i, one position at a time
-        v75_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C) * D + v75_j)
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C) * D + v75_j)
-        v75_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * D + v75_j)
-        v75 += v75_x[:, None] * v75_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v75_a[:, None] - v75_a[None, :], 0.0))  # decayed scores
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
@@ -9074,17 +9746,26 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + v93_j * BV + tl.arange(0, BV))
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v93_j * BV + tl.arange(0, BV))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v82 = v66
     v83 = ((-1.0) + v82)
@@ -9134,14 +9815,23 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v189 = (v185 + v188[:, None])
     v191 = (v29 * v189)
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
-    for v193_j in range(0, BV):  # the summed axis o, one position at a time
-        v193_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v193_j)
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v193_j)
-        v193_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * BV + v193_j)
-        v193 += v193_x[:, None] * v193_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v193_a[:, None] - v193_a[None, :], 0.0))
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v199 = (v83 * v191)
     v209 = tl.zeros((C, BV), DTYPE)
@@ -9194,14 +9884,24 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
-    for v194_j in range(0, C):  # the summed axis t, one position at a time
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v194_j * BV + tl.arange(0, BV))
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + v194_j * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * C + C * BV + v194_j * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_j * BV + tl.arange(0, BV))
-        v194 += v194_x[None, :] * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a[None, :] - v87, 0.0))
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = v192 * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v195 = (v88 * v194)
     v197 = (v176 + v195)

@@ -30,11 +30,13 @@ DESCRIPTION = {'spec': 'titans',
  'kernels': {'state_fwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none',
-                           'tiles': 7.0},
+                           'tiles': 7.0,
+                           'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
                          'value_blocks': 'none',
-                         'tiles': 8.0},
+                         'tiles': 8.0,
+                         'sub_chunks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
@@ -53,8 +55,13 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h']],
                            'value_blocks': 'none',
-                           'tiles': 22.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
+                           'tiles': 22.0,
+                           'sub_chunks': False},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'none',
+                              'tiles': 2.0,
+                              'sub_chunks': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -63,15 +70,18 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 9.0},
+                              'tiles': 9.0,
+                              'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 8.0},
+                              'tiles': 8.0,
+                              'sub_chunks': False},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 8.0},
+                              'tiles': 8.0,
+                              'sub_chunks': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -80,11 +90,13 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 10.0},
+                              'tiles': 10.0,
+                              'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 12.5},
+                              'tiles': 12.5,
+                              'sub_chunks': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -98,15 +110,18 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 15.0},
+                              'tiles': 15.0,
+                              'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 12.5},
+                              'tiles': 12.5,
+                              'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                               'value_blocks': 'none',
-                              'tiles': 11.5},
+                              'tiles': 11.5,
+                              'sub_chunks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -114,11 +129,13 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 9.0},
+                                       'tiles': 9.0,
+                                       'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['t', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 6.5},
+                                       'tiles': 6.5,
+                                       'sub_chunks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -128,7 +145,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 12.5},
+                                       'tiles': 12.5,
+                                       'sub_chunks': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
@@ -137,11 +155,13 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 13.5},
+                                       'tiles': 13.5,
+                                       'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['s', 'h']],
                                      'value_blocks': 'none',
-                                     'tiles': 6.5},
+                                     'tiles': 6.5,
+                                     'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
@@ -150,7 +170,8 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['t', 'h'],
                                                  ['s', 'h']],
                                      'value_blocks': 'none',
-                                     'tiles': 11.5},
+                                     'tiles': 11.5,
+                                     'sub_chunks': False},
              'grad_gate_theta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -158,11 +179,13 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 10.0},
+                                       'tiles': 10.0,
+                                       'sub_chunks': False},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['s', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 6.5},
+                                       'tiles': 6.5,
+                                       'sub_chunks': False},
              'grad_gate_theta_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -171,7 +194,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 11.5},
+                                       'tiles': 11.5,
+                                       'sub_chunks': False},
              'grad_gate_theta_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
@@ -180,28 +204,38 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 11.5},
+                                       'tiles': 11.5,
+                                       'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
                                       'value_blocks': 'none',
-                                      'tiles': 8.0},
+                                      'tiles': 8.0,
+                                      'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
-                                      'tiles': 13.5},
+                                      'tiles': 13.5,
+                                      'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
-                                      'tiles': 12.5},
+                                      'tiles': 12.5,
+                                      'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                       'value_blocks': 'none',
-                                      'tiles': 12.5},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
+                                      'tiles': 12.5,
+                                      'sub_chunks': False},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks',
+                                    'scratch': [],
+                                    'value_blocks': 'none',
+                                    'tiles': 1.0,
+                                    'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
                                     'value_blocks': 'none',
-                                    'tiles': 12.5}},
+                                    'tiles': 12.5,
+                                    'sub_chunks': False}},
  'stored': []}
 
 
@@ -209,7 +243,7 @@ DESCRIPTION = {'spec': 'titans',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, s1_ptr, s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, final_s1_ptr, final_s2_ptr, starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -364,7 +398,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -508,7 +542,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -846,7 +880,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -885,7 +919,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1066,7 +1100,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1244,7 +1278,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_q_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `q`."""
@@ -1422,7 +1456,7 @@ def chunk_grad_q_3_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -1630,7 +1664,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -1857,7 +1891,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -2144,7 +2178,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -2369,7 +2403,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -2591,7 +2625,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -2792,7 +2826,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -2914,7 +2948,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -3134,7 +3168,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -3385,7 +3419,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -3495,7 +3529,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -3707,7 +3741,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_theta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_theta`."""
@@ -3925,7 +3959,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
 def chunk_grad_gate_theta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_theta`."""
@@ -4040,7 +4074,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
 def chunk_grad_gate_theta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_theta`."""
@@ -4254,7 +4288,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
 def chunk_grad_gate_theta_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_theta`."""
@@ -4492,7 +4526,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -4638,7 +4672,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -4863,7 +4897,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -5085,7 +5119,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -5313,7 +5347,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -5352,7 +5386,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""

@@ -30,31 +30,35 @@ DESCRIPTION = {'spec': 'yaad',
  'kernels': {'state_fwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
                            'value_blocks': 'none',
-                           'tiles': 8.0},
+                           'tiles': 8.0,
+                           'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'h'],
-                                     ['t', 'i'],
+                                     ['t', 'h'],
                                      ['s', 'i'],
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's']],
                          'value_blocks': 'none',
-                         'tiles': 9.5},
+                         'tiles': 12.0,
+                         'sub_chunks': True},
              'state_bwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'],
+                           'scratch': [['h', 'i'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['h', 'i'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['o', 'h'],
-                                       ['t', 'i'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
                                        ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
@@ -62,40 +66,44 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 's'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
-                           'tiles': 27.0},
-             'grad_q_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 2.0},
+                           'tiles': 29.5,
+                           'sub_chunks': True},
+             'grad_q_0_bwd': {'grid': 'chunks',
+                              'scratch': [],
+                              'value_blocks': 'none',
+                              'tiles': 2.0,
+                              'sub_chunks': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
                                           ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 12.0},
+                              'tiles': 15.0,
+                              'sub_chunks': True},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 10.0},
+                              'tiles': 13.0,
+                              'sub_chunks': True},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -103,23 +111,22 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 13.0},
+                              'tiles': 16.0,
+                              'sub_chunks': True},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -127,7 +134,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 19.0},
+                              'tiles': 21.0,
+                              'sub_chunks': True},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
@@ -139,7 +147,6 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -147,14 +154,14 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 21.0},
+                              'tiles': 23.0,
+                              'sub_chunks': True},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -162,14 +169,14 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 19.0},
+                              'tiles': 21.0,
+                              'sub_chunks': True},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -177,77 +184,77 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 18.0},
+                              'tiles': 20.0,
+                              'sub_chunks': True},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 10.0},
+                                       'tiles': 13.0,
+                                       'sub_chunks': True},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'i'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 14.0},
+                                       'tiles': 17.0,
+                                       'sub_chunks': True},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 13.0},
+                                       'tiles': 16.0,
+                                       'sub_chunks': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'], ['t', 'h']],
                                        'value_blocks': 'none',
-                                       'tiles': 6.5},
+                                       'tiles': 6.5,
+                                       'sub_chunks': False},
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'i'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 18.5},
+                                       'tiles': 21.0,
+                                       'sub_chunks': True},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -255,35 +262,36 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
-                                     'tiles': 9.0},
+                                     'tiles': 12.0,
+                                     'sub_chunks': True},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'h'],
                                                  ['s', 'h'],
-                                                 ['t', 'i'],
+                                                 ['t', 'h'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
-                                                 ['t', 's']],
+                                                 ['t', 's'],
+                                                 ['t', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 13.0},
+                                     'tiles': 16.0,
+                                     'sub_chunks': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'], ['t', 'h']],
                                      'value_blocks': 'none',
-                                     'tiles': 6.5},
+                                     'tiles': 6.5,
+                                     'sub_chunks': False},
              'grad_gate_delta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -291,14 +299,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
-                                       'tiles': 19.0},
+                                       'tiles': 21.0,
+                                       'sub_chunks': True},
              'grad_gate_delta_1_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -306,26 +314,27 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
-                                       'tiles': 18.0},
+                                       'tiles': 20.0,
+                                       'sub_chunks': True},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
+                                                  ['t', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's']],
                                       'value_blocks': 'none',
-                                      'tiles': 9.0},
+                                      'tiles': 12.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -333,14 +342,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 18.0},
+                                      'tiles': 20.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -348,14 +357,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 17.0},
+                                      'tiles': 19.0,
+                                      'sub_chunks': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -363,15 +372,19 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 19.0},
-             'grad_ln_bias_0_bwd': {'grid': 'chunks', 'scratch': [], 'value_blocks': 'none', 'tiles': 1.0},
+                                      'tiles': 21.0,
+                                      'sub_chunks': True},
+             'grad_ln_bias_0_bwd': {'grid': 'chunks',
+                                    'scratch': [],
+                                    'value_blocks': 'none',
+                                    'tiles': 1.0,
+                                    'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['t', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
@@ -379,7 +392,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['t', 's'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
-                                    'tiles': 19.0}},
+                                    'tiles': 21.0,
+                                    'sub_chunks': True}},
  'stored': []}
 
 
@@ -387,7 +401,7 @@ DESCRIPTION = {'spec': 'yaad',
 def chunk_state_fwd_kernel(
     w1_ptr, w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, final_w1_ptr, final_w2_ptr, starts_w1_ptr, starts_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The final state and every chunk's start state (and the values stored per chunk)."""
@@ -512,7 +526,7 @@ def chunk_state_fwd_kernel(
 def chunk_out_fwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, out_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One chunk's outputs, from its stored start state."""
@@ -543,18 +557,52 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v53 = v42
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = (q * v42)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 4 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
         v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -572,38 +620,35 @@ def chunk_out_fwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    v44 = (q * v42)
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v55 = (v53 * v54)
     v60 = v35
     v58 = v43
     v62 = (v60 * v58)
@@ -613,44 +658,31 @@ def chunk_out_fwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v47 = v37
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -667,7 +699,7 @@ def chunk_out_fwd_kernel(
 def chunk_state_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The initial state's adjoint and the adjoint entering every chunk's end."""
@@ -702,18 +734,56 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v58, v59, v66, v119, v123, v126, v85, q, v55, v43, v68, v69, causal, v105
+        scratch = scratch_ptr + slot * (2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v124, v123, v125, v114, v126, v55, v43, v68, v69, causal, v105
+        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v43 = tl.cumsum(v42, axis=0, reverse=False)
+        v48 = tl.exp(v43)  # cumulative decay in the chunk
+        v78 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+        v79 = tl.sum((v78), axis=0)
+        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v51 = (q * v48)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v53 = k
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+        v49 = gate_eta
+        v55 = (v53 * v49)
+        v44 = v43
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
+        v56 = tl.zeros((C, C), DTYPE)
+        v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = q * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+            v56_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+            v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+        v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+        tl.debug_barrier()  # every slice read before the slots are written again
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v92 = (v79[None, :] * d_new_w1)
+            tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v92)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v52)
             v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
+            tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+            tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
@@ -731,38 +801,41 @@ def chunk_state_bwd_kernel(
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        v53 = k
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v49 = gate_eta
-        v55 = (v53 * v49)
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v44 = v43
-        tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-        tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-        tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-        tl.debug_barrier()  # the slices below come from tiles other threads stored
-        v56 = tl.zeros((C, C), DTYPE)
-        for v56_j in range(0, D):  # the summed axis i, one position at a time
-            v56_x = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C) * D + v56_j)
-            v56_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C) * D + v56_j)
-            v56_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-            v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
-        tl.debug_barrier()  # every slice read before the slots are written again
-        v48 = tl.exp(v43)  # cumulative decay in the chunk
-        v51 = (q * v48)
+        v60 = v48
+        v61 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
+            v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v54 = v37
+            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v52 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v58 = (v52 - v57)
+            tl.store(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+            v11 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = v11
+            tl.store(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            v59_c0 = (0.5 * v58)
+            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v62 = (v60 * v61)
         v67 = v35
         v65 = v49
         v69 = (v67 * v65)
@@ -772,47 +845,30 @@ def chunk_state_bwd_kernel(
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v54 = v37
-            v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v58 = (v52 - v57)
-            tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
-            v59_c0 = (0.5 * v58)
-            v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v66 = v11
-            tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+            v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.debug_barrier()
-        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, BV), DTYPE)
-        for v70_j in range(0, C):  # the summed axis s, one position at a time
-            v70_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-            v70_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-            v70_m = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-            v70_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-            v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+        v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v70_start = v70_k * BC
+            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+            v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = v70 * v70_A
+        for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v70_p = v70_r + v70_j
+            v70_x = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+            v70_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70_m = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+            v70_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v60 = v48
-        v61 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v60 * v61)
         v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -821,25 +877,34 @@ def chunk_state_bwd_kernel(
         v76 = tl.sum((v75), axis=1)
         v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v96 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         v99 = (2.0 * v74 * v98[:, None])
-        v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v100 = (v95 + v99)
         v101 = ((-1.0) * v100)
         v102 = tl.sum((v101), axis=1)
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
         v105 = ((-1.0) * v104)
-        tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
-        for v106_j in range(0, BV):  # the summed axis o, one position at a time
-            v106_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v106_j)
-            v106_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v106_j)
-            v106_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * BV + v106_j)
-            v106 += v106_x[:, None] * v106_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v106_a[:, None] - v106_a[None, :], 0.0))
+        v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v106_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_xA = v105 * v106_A
+        for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v106_start = v106_k * BC
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v69 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v106_p = v106_r + v106_j
+            v106_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v106_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v106_d = tl.sum(v105 * v106_y * tl.exp(tl.minimum(v63 - v106_b, 0.0)), axis=1)
+            v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+        v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
         v115 = (v60 * v104)
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -848,123 +913,139 @@ def chunk_state_bwd_kernel(
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v50 = (v47 * v49)
         v93 = (v50 * v53)
-        tl.debug_barrier()  # the slices below come from tiles other threads stored
-        v107 = tl.zeros((C, BV), DTYPE)
-        for v107_j in range(0, C):  # the summed axis t, one position at a time
-            v107_x = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + v107_j * BV + tl.arange(0, BV))
-            v107_y = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + v107_j * C + tl.arange(0, C))
-            v107_m = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * C + C * BV + v107_j * C + tl.arange(0, C))
-            v107_a = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + v107_j * BV + tl.arange(0, BV))
-            v107 += v107_x[None, :] * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a[None, :] - v64, 0.0))
-        tl.debug_barrier()  # every slice read before the slots are written again
-        v108 = (v65 * v107)
         v80 = v50
-        v128 = tl.zeros((C, BV), DTYPE)
+        v89 = (v80 * v67)
         v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v109 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v116 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v118 = (v109 + v116)
-            v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v58 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v119_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
             v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
-            v120 = ((-1.0) * v119)
-            v121 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v124 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v91 = ((-1.0) * d_new_w1)
             v94 = tl.dot(v93.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v120 = ((-1.0) * v119)
+            v121 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v122 = (v94 + v121)
             v123 = v122
-            tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
-            v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-            v126_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-            v126 = (v123 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
-            v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 2 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
+            v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v125_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v125_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v125_c2 = (0.5 * (v10 * v10))
+            v125_c3 = tl.exp(((-1.0) * v125_c2))
+            v125 = (v36 * v123 * ((v125_c0 * v125_c1 * v125_c3) - (v125_c0 * v125_c1 * v125_c2 * v125_c3)))
+            tl.store(scratch + 2 * HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 9 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
+            v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v110 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v113 = (v90 + v110)
+            v114 = v113
+            tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
             v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
         v88 = (v80 * v87)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
+        tl.debug_barrier()  # the slices below come from tiles other threads stored
+        v107 = tl.zeros((C, BV), DTYPE)
+        v107_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+        v107_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v107_xA = v105 * v107_A
+        for v107_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v107_start = v107_k * BC
+            v107_B = tl.where(tl.arange(0, C)[:, None] < v107_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v107_rows = tl.where(tl.arange(0, C) // BC == v107_k, 1.0, 0.0)
+            v107 += v107_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v107_xA * v107_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        for v107_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v107_p = v107_r + v107_j
+            v107_x = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v107_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + v107_p * C + tl.arange(0, C))
+            v107_m = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + v107_p * C + tl.arange(0, C))
+            v107_a = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v107 += v107_x * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a - v64, 0.0))
+        tl.debug_barrier()  # every slice read before the slots are written again
+        v108 = (v65 * v107)
         v111 = (v88 + v108)
         v112 = v111
+        v128 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v123 = tl.load(scratch + 2 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v126_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+            v126 = (v123 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
         v129 = (v112 + v128)
         v130 = tl.sum((v129), axis=1)
         v131 = (v130 / (D))
         v132 = ((-1.0) * v131)
         v133 = (v129 + v132[:, None])
+        v134 = (2.0 * v29[:, None] * v133)
         v135 = (2.0 * v16 * v133)
         v136 = tl.sum((v135), axis=1)
         v137 = (v136 / (D))
+        v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v141 = ((-0.5) * v16 * ln_weight[None, :] * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v144 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v145 = (v141 + v144)
         v146 = (v145 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
-        v148 = ((-0.5) * v16 * ln_weight[None, :] * v146 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v149 = tl.sum((v148), axis=1)
+        v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v139 = (0.75 * v16 * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v140 = tl.sum((v139), axis=1)
         v142 = ((-0.5) * ln_weight[None, :] * v25 * v133 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v143 = tl.sum((v142), axis=1)
+        v148 = ((-0.5) * v16 * ln_weight[None, :] * v146 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        v149 = tl.sum((v148), axis=1)
         v150 = (v140 + v143 + v149)
         v151 = (v150 / (D))
         v152 = (2.0 * v16 * v151[:, None])
-        v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-        v134 = (2.0 * v29[:, None] * v133)
-        v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v153 = (v134 + v138 + v147 + v152)
         v154 = ((-1.0) * v153)
         v155 = tl.sum((v154), axis=1)
         v156 = (v155 / (D))
         v157 = (v153 + v156[:, None])
-        v89 = (v80 * v67)
-        v78 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-        v79 = tl.sum((v78), axis=0)
         v81 = v79
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v158 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v110 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v85 = tl.load(scratch + 9 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v113 = (v90 + v110)
-            v114 = v113
+            v114 = tl.load(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v160 = (v114 + v158)
-            v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+            v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v161_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v161 = (v160 * (0.5 + (0.5 * tl.math.erf(v161_c0)) + (v161_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v125_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v125_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v125_c2 = (0.5 * (v10 * v10))
-            v125_c3 = tl.exp(((-1.0) * v125_c2))
-            v125 = (v36 * v123 * ((v125_c0 * v125_c1 * v125_c3) - (v125_c0 * v125_c1 * v125_c2 * v125_c3)))
+            v125 = tl.load(scratch + 2 * HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v162 = (v125 + v161)
             v163 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v162.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v119 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v124 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v92 = (v79[None, :] * d_new_w1)
+            v92 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+            v124 = tl.load(scratch + HID * D + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v165 = (v92 + v124 + v163)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-            v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v159 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v157.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v126 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v117 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v86 = (v81[:, None] * d_new_w2)
+            v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v117 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v126 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v11 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v159 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v157.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v164 = (v86 + v117 + v127 + v159)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -976,7 +1057,7 @@ def chunk_state_bwd_kernel(
 def chunk_grad_q_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `q`."""
@@ -1015,7 +1096,7 @@ def chunk_grad_q_0_bwd_kernel(
 def chunk_grad_q_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `q`."""
@@ -1047,7 +1128,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1076,44 +1157,49 @@ def chunk_grad_q_1_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
-    v60 = v35
-    v58 = v43
-    v62 = (v60 * v58)
-    v56 = v40
-    v57 = v41
-    v61 = tl.zeros((C, C), DTYPE)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1124,40 +1210,53 @@ def chunk_grad_q_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v47 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
+    v55 = (v53 * v54)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
+        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v63 = tl.zeros((C, BV), DTYPE)
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1166,32 +1265,41 @@ def chunk_grad_q_1_bwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
-    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
-    for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
+    v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = v84 * v85_A
+    for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v85_start = v85_k * BC
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v85_p = v85_r + v85_j
+        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
+        v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
+    v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1202,15 +1310,24 @@ def chunk_grad_q_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_y = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
-        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v92).to(DOT_DTYPE), (v48 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 6 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1218,7 +1335,7 @@ def chunk_grad_q_1_bwd_kernel(
 def chunk_grad_q_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `q`."""
@@ -1250,18 +1367,51 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v51, v52, v59, q, v48, v40, v61, v62, causal, v84
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v51, v59, v52, v48, v40, v61, v62, causal
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = (q * v42)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
         v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -1279,38 +1429,40 @@ def chunk_grad_q_2_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    v44 = (q * v42)
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = (v45 - v50)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = v11
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v55 = (v53 * v54)
     v60 = v35
     v58 = v43
     v62 = (v60 * v58)
@@ -1320,46 +1472,30 @@ def chunk_grad_q_2_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v47 = v37
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v59 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1368,25 +1504,34 @@ def chunk_grad_q_2_bwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
-    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
-    for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
+    v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = v84 * v85_A
+    for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v85_start = v85_k * BC
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v85_p = v85_r + v85_j
+        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
+        v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
+    v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v91 = tl.zeros((C, D), DTYPE)
@@ -1398,7 +1543,7 @@ def chunk_grad_q_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v86 + v88)
-        v51 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -1410,7 +1555,7 @@ def chunk_grad_q_2_bwd_kernel(
 def chunk_grad_k_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `k`."""
@@ -1442,7 +1587,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v54, v58, v59, v66, q, v55, v43, v68, v69, causal, v94, v102
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + C * BV)  # v10, v11, v54, v58, v59, v66, v55, v43, v68, v69, causal, v102, q
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1490,16 +1635,25 @@ def chunk_grad_k_0_bwd_kernel(
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 6 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 6 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
@@ -1532,17 +1686,26 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 6 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = v48
     v61 = tl.zeros((C, BV), DTYPE)
@@ -1572,14 +1735,23 @@ def chunk_grad_k_0_bwd_kernel(
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
     v94 = ((-1.0) * v93)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v94)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
-    for v95_j in range(0, BV):  # the summed axis o, one position at a time
-        v95_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v95_j)
-        v95_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v95_j)
-        v95_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v95_j)
-        v95 += v95_x[:, None] * v95_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v95_a[:, None] - v95_a[None, :], 0.0))
+    v95_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v95_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 6 * C * HID + C * D + v95_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v95_xA = v94 * v95_A
+    for v95_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v95_start = v95_k * BC
+        v95_B = tl.where(tl.arange(0, C)[:, None] < v95_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v95_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v95_rows = tl.where(tl.arange(0, C) // BC == v95_k, 1.0, 0.0)
+        v95 += v95_rows[:, None] * tl.dot((v95_xA).to(DOT_DTYPE), tl.trans((v69 * v95_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v95_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v95_p = v95_r + v95_j
+        v95_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v95_b = tl.load(scratch + 6 * C * HID + C * D + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v95_d = tl.sum(v94 * v95_y * tl.exp(tl.minimum(v63 - v95_b, 0.0)), axis=1)
+        v95 += tl.where(tl.arange(0, C)[None, :] == v95_p[:, None], v95_d[:, None], 0.0)
+    v95 = v95 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v97 = (v60 * v93)
     v102 = tl.zeros((C, C), DTYPE)
@@ -1597,15 +1769,25 @@ def chunk_grad_k_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, D), DTYPE)
-    for v103_j in range(0, C):  # the summed axis t, one position at a time
-        v103_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v103_j * C + tl.arange(0, C))
-        v103_y = tl.load(scratch + 6 * C * HID + v103_j * D + tl.arange(0, D))
-        v103_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v103_j * C + tl.arange(0, C))
-        v103_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v103_j * D + tl.arange(0, D))
-        v103 += v103_x[:, None] * v103_y[None, :] * v103_m[:, None] * tl.exp(tl.minimum(v103_a[None, :] - v44, 0.0))
+    v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v103_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 6 * C * HID + C * D + v103_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v103_yA = q * v103_A
+    for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v103_start = v103_k * BC
+        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v103_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
+        v103 += v103_B * tl.dot(tl.trans((v102 * v103_rows[:, None])).to(DOT_DTYPE), (v103_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v103_p = v103_r + v103_j
+        v103_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v103_p * C + tl.arange(0, C))
+        v103_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + v103_p[:, None] * D + tl.arange(0, D)[None, :])
+        v103_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + v103_p * C + tl.arange(0, C))
+        v103_a = tl.load(scratch + 6 * C * HID + C * D + v103_p[:, None] * D + tl.arange(0, D)[None, :])
+        v103 += v103_x[:, None] * v103_y * v103_m[:, None] * tl.exp(tl.minimum(v103_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v104 = (v49 * v103)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -1630,7 +1812,7 @@ def chunk_grad_k_0_bwd_kernel(
 def chunk_grad_k_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `k`."""
@@ -1662,7 +1844,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1721,16 +1903,25 @@ def chunk_grad_k_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1775,17 +1966,26 @@ def chunk_grad_k_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -1806,15 +2006,24 @@ def chunk_grad_k_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -1822,11 +2031,21 @@ def chunk_grad_k_1_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -1871,7 +2090,7 @@ def chunk_grad_k_1_bwd_kernel(
 def chunk_grad_k_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `k`."""
@@ -1903,7 +2122,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, q, v55, v43, v68, v69, causal, v100
+    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, v55, v43, v68, v69, causal, v100
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1957,16 +2176,25 @@ def chunk_grad_k_2_bwd_kernel(
     v88 = (v50 * v53)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v55 = (v53 * v49)
-    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 10 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
@@ -2012,17 +2240,26 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 10 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 10 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -2043,14 +2280,23 @@ def chunk_grad_k_2_bwd_kernel(
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
     v100 = ((-1.0) * v99)
-    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
-    for v101_j in range(0, BV):  # the summed axis o, one position at a time
-        v101_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v101_j)
-        v101_y = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v101_j)
-        v101_a = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v101_j)
-        v101 += v101_x[:, None] * v101_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v101_a[:, None] - v101_a[None, :], 0.0))
+    v101_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v101_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v101_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v101_xA = v100 * v101_A
+    for v101_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v101_start = v101_k * BC
+        v101_B = tl.where(tl.arange(0, C)[:, None] < v101_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v101_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v101_rows = tl.where(tl.arange(0, C) // BC == v101_k, 1.0, 0.0)
+        v101 += v101_rows[:, None] * tl.dot((v101_xA).to(DOT_DTYPE), tl.trans((v69 * v101_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v101_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v101_p = v101_r + v101_j
+        v101_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v101_b = tl.load(scratch + 10 * C * HID + C * D + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v101_d = tl.sum(v100 * v101_y * tl.exp(tl.minimum(v63 - v101_b, 0.0)), axis=1)
+        v101 += tl.where(tl.arange(0, C)[None, :] == v101_p[:, None], v101_d[:, None], 0.0)
+    v101 = v101 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v110 = (v60 * v99)
     v78 = v50
@@ -2092,14 +2338,24 @@ def chunk_grad_k_2_bwd_kernel(
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v84 = (v78 * v83)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
-    for v102_j in range(0, C):  # the summed axis t, one position at a time
-        v102_x = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + C * BV + v102_j * BV + tl.arange(0, BV))
-        v102_y = tl.load(scratch + 10 * C * HID + 3 * C * D + v102_j * C + tl.arange(0, C))
-        v102_m = tl.load(scratch + 10 * C * HID + 3 * C * D + C * C + C * BV + v102_j * C + tl.arange(0, C))
-        v102_a = tl.load(scratch + 10 * C * HID + 2 * C * D + v102_j * BV + tl.arange(0, BV))
-        v102 += v102_x[None, :] * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a[None, :] - v64, 0.0))
+    v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v102_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v102_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v102_xA = v100 * v102_A
+    for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v102_start = v102_k * BC
+        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v102_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
+        v102 += v102_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v102_xA * v102_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v102_p = v102_r + v102_j
+        v102_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v102_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v102_p * C + tl.arange(0, C))
+        v102_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v102_p * C + tl.arange(0, C))
+        v102_a = tl.load(scratch + 10 * C * HID + C * D + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v102 += v102_x * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = (v65 * v102)
     v106 = (v84 + v103)
@@ -2164,7 +2420,7 @@ def chunk_grad_k_2_bwd_kernel(
 def chunk_grad_v_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `v`."""
@@ -2196,7 +2452,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2255,16 +2511,25 @@ def chunk_grad_v_0_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2309,17 +2574,26 @@ def chunk_grad_v_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -2340,15 +2614,24 @@ def chunk_grad_v_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -2356,11 +2639,21 @@ def chunk_grad_v_0_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -2403,7 +2696,7 @@ def chunk_grad_v_0_bwd_kernel(
 def chunk_grad_v_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `v`."""
@@ -2435,7 +2728,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2494,16 +2787,25 @@ def chunk_grad_v_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2548,17 +2850,26 @@ def chunk_grad_v_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -2579,15 +2890,24 @@ def chunk_grad_v_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -2595,11 +2915,21 @@ def chunk_grad_v_1_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -2639,7 +2969,7 @@ def chunk_grad_v_1_bwd_kernel(
 def chunk_grad_gate_alpha_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_alpha`."""
@@ -2671,18 +3001,52 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v53 = v42
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = (q * v42)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 4 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
         v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -2700,38 +3064,35 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    v44 = (q * v42)
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v55 = (v53 * v54)
     v60 = v35
     v58 = v43
     v62 = (v60 * v58)
@@ -2741,44 +3102,31 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v47 = v37
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -2787,11 +3135,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
-    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
@@ -2808,7 +3156,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
 def chunk_grad_gate_alpha_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_alpha`."""
@@ -2840,8 +3188,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2869,44 +3223,43 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
-    v60 = v35
-    v58 = v43
-    v62 = (v60 * v58)
-    v56 = v40
-    v57 = v41
-    v61 = tl.zeros((C, C), DTYPE)
+    v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2917,40 +3270,53 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v47 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
+    v55 = (v53 * v54)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
+        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v63 = tl.zeros((C, BV), DTYPE)
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -2959,32 +3325,41 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
-    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
-    for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
+    v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = v84 * v85_A
+    for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v85_start = v85_k * BC
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v85_p = v85_r + v85_j
+        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
+        v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
+    v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -2995,15 +3370,24 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
-    for v93_j in range(0, C):  # the summed axis s, one position at a time
-        v93_x = tl.load(scratch + 6 * C * HID + C * D + v93_j * D + tl.arange(0, D))
-        v93_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C) * C + v93_j)
-        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_j)
-        v93_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
-        v93 += v93_x[None, :] * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v92).to(DOT_DTYPE), (v48 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 6 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93 += v93_x * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (q * v93)
     v95 = tl.cumsum(v94, axis=0, reverse=True)
@@ -3014,7 +3398,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
 def chunk_grad_gate_alpha_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_alpha`."""
@@ -3046,7 +3430,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, v53, v60, q, v49, v41, v62, v63, causal, v92
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, v53, v60, v49, v41, v62, v63, causal
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3094,16 +3478,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, C), DTYPE)
-    for v50_j in range(0, D):  # the summed axis i, one position at a time
-        v50_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v50_j)
-        v50_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v50_j)
-        v50_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v50_j)
-        v50 += v50_x[:, None] * v50_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v50_a[:, None] - v50_a[None, :], 0.0))  # decayed scores
+    v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v50_A = tl.exp(tl.minimum(v41 - tl.load(scratch + 5 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_xA = q * v50_A
+    for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v50_start = v50_k * BC
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - v42, 0.0)), 0.0)
+        v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
+        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((v49 * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v50_p = v50_r + v50_j
+        v50_y = tl.load(scratch + 5 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_b = tl.load(scratch + 5 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_d = tl.sum(q * v50_y * tl.exp(tl.minimum(v41 - v50_b, 0.0)), axis=1)
+        v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
+    v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
     v45 = (q * v43)
@@ -3135,17 +3528,26 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v64 = tl.zeros((C, BV), DTYPE)
-    for v64_j in range(0, C):  # the summed axis s, one position at a time
-        v64_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v64_j)
-        v64_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v64_j * BV + tl.arange(0, BV))
-        v64_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v64_j)
-        v64_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v64_j * BV + tl.arange(0, BV))
-        v64 += v64_x[:, None] * v64_y[None, :] * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b[None, :], 0.0))
+    v64_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v64_A = tl.exp(tl.minimum(v57 - tl.load(scratch + 5 * C * HID + C * D + v64_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v64_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v64_start = v64_k * BC
+        v64_B = tl.where(tl.arange(0, C)[:, None] < v64_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v64_start * BV + tl.arange(0, BV))[None, :] - v58, 0.0)), 0.0)
+        v64_rows = tl.where(tl.arange(0, C) // BC == v64_k, 1.0, 0.0)
+        v64 += v64_rows[:, None] * tl.dot((v62).to(DOT_DTYPE), (v63 * v64_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = v64 * v64_A
+    for v64_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v64_p = v64_r + v64_j
+        v64_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v64_p)
+        v64_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v64_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v64_p)
+        v64_b = tl.load(scratch + 5 * C * HID + C * D + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v64 += v64_x[:, None] * v64_y * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v54 = v43
     v55 = tl.zeros((C, BV), DTYPE)
@@ -3175,14 +3577,23 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
     v92 = ((-1.0) * v91)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
-    for v93_j in range(0, BV):  # the summed axis o, one position at a time
-        v93_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v93_j)
-        v93_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v93_j)
-        v93_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v93_j)
-        v93 += v93_x[:, None] * v93_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v93_a[:, None] - v93_a[None, :], 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v57 - tl.load(scratch + 5 * C * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_xA = v92 * v93_A
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v58, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((v63 * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 5 * C * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_d = tl.sum(v92 * v93_y * tl.exp(tl.minimum(v57 - v93_b, 0.0)), axis=1)
+        v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
+    v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v95 = (v54 * v91)
     v101 = tl.zeros((C, D), DTYPE)
@@ -3231,7 +3642,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
 def chunk_grad_gate_alpha_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `gate_alpha`."""
@@ -3351,7 +3762,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
 def chunk_grad_gate_alpha_4_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 4 of the gradient of one chunk's `gate_alpha`."""
@@ -3383,7 +3794,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v52, v56, v57, v64, q, v53, v43, v66, v67, causal, v96, v107
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v52, v56, v64, v53, v43, v66, v67, causal, v96, q, v107
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3412,47 +3824,57 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = k
+    v65 = v35
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    v53 = (v51 * v48)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v54 = tl.zeros((C, C), DTYPE)
-    for v54_j in range(0, D):  # the summed axis i, one position at a time
-        v54_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v54_j)
-        v54_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v54_j)
-        v54_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v54_j)
-        v54 += v54_x[:, None] * v54_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v54_a[:, None] - v54_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v47 = tl.exp(v43)  # cumulative decay in the chunk
-    v49 = (q * v47)
-    v65 = v35
     v63 = v48
     v67 = (v65 * v63)
-    v61 = v43
-    v62 = v44
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v47 = tl.exp(v43)  # cumulative decay in the chunk
+    v49 = (q * v47)
+    v51 = k
+    v53 = (v51 * v48)
+    v44 = v43
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v54 = tl.zeros((C, C), DTYPE)
+    v54_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v54_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v54_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v54_xA = q * v54_A
+    for v54_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v54_start = v54_k * BC
+        v54_B = tl.where(tl.arange(0, C)[:, None] < v54_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v54_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v54_rows = tl.where(tl.arange(0, C) // BC == v54_k, 1.0, 0.0)
+        v54 += v54_rows[:, None] * tl.dot((v54_xA).to(DOT_DTYPE), tl.trans((v53 * v54_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v54_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v54_p = v54_r + v54_j
+        v54_y = tl.load(scratch + 5 * C * HID + v54_p[:, None] * D + tl.arange(0, D)[None, :])
+        v54_b = tl.load(scratch + 5 * C * HID + C * D + v54_p[:, None] * D + tl.arange(0, D)[None, :])
+        v54_d = tl.sum(q * v54_y * tl.exp(tl.minimum(v43 - v54_b, 0.0)), axis=1)
+        v54 += tl.where(tl.arange(0, C)[None, :] == v54_p[:, None], v54_d[:, None], 0.0)
+    v54 = v54 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v58 = v47
     v66 = tl.zeros((C, C), DTYPE)
+    v59 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
@@ -3461,39 +3883,40 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v52 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
         v55 = tl.dot(v54.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v56 = (v50 - v55)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
         v57_c0 = (0.5 * v56)
         v57 = (v57_c0 * (1.0 + tl.math.erf((v57_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 = v11
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v60 = (v58 * v59)
+    v61 = v43
+    v62 = v44
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, BV), DTYPE)
-    for v68_j in range(0, C):  # the summed axis s, one position at a time
-        v68_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v68_j)
-        v68_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v68_j * BV + tl.arange(0, BV))
-        v68_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v68_j)
-        v68_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v68_j * BV + tl.arange(0, BV))
-        v68 += v68_x[:, None] * v68_y[None, :] * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b[None, :], 0.0))
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v68_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v68_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v66).to(DOT_DTYPE), (v67 * v68_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v68 = v68 * v68_A
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v68_p)
+        v68_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v68_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v68_p)
+        v68_b = tl.load(scratch + 5 * C * HID + C * D + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v68 += v68_x[:, None] * v68_y * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v58 = v47
-    v59 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v57 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v60 = (v58 * v59)
     v69 = (v60 - v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -3502,32 +3925,62 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v74 = tl.sum((v73), axis=1)
     v75 = (v74 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
     v87 = ((-0.5) * v72 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v75[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
     v88 = tl.sum((v87), axis=1)
     v89 = (v88 / (D))
     v90 = (2.0 * v72 * v89[:, None])
-    v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
     v91 = (v86 + v90)
     v92 = ((-1.0) * v91)
     v93 = tl.sum((v92), axis=1)
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
     v96 = ((-1.0) * v95)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v98 = tl.zeros((C, BV), DTYPE)
+    v98_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v98_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v98_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v98_yA = v96 * v98_A
+    for v98_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v98_start = v98_k * BC
+        v98_B = tl.where(tl.arange(0, C)[:, None] < v98_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v98_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v98_rows = tl.where(tl.arange(0, C) // BC == v98_k, 1.0, 0.0)
+        v98 += v98_B * tl.dot(tl.trans((v66 * v98_rows[:, None])).to(DOT_DTYPE), (v98_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v98_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v98_p = v98_r + v98_j
+        v98_x = tl.load(scratch + 5 * C * HID + 2 * C * D + v98_p * C + tl.arange(0, C))
+        v98_y = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v98_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v98_p * C + tl.arange(0, C))
+        v98_a = tl.load(scratch + 5 * C * HID + C * D + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v98 += v98_x[:, None] * v98_y * v98_m[:, None] * tl.exp(tl.minimum(v98_a - v62, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v99 = ((-1.0) * v67 * v98)
+    v101 = v99
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
-    for v97_j in range(0, BV):  # the summed axis o, one position at a time
-        v97_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v97_j)
-        v97_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v97_j)
-        v97_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v97_j)
-        v97 += v97_x[:, None] * v97_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v97_a[:, None] - v97_a[None, :], 0.0))
+    v97_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v97_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v97_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v97_xA = v96 * v97_A
+    for v97_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v97_start = v97_k * BC
+        v97_B = tl.where(tl.arange(0, C)[:, None] < v97_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v97_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v97_rows = tl.where(tl.arange(0, C) // BC == v97_k, 1.0, 0.0)
+        v97 += v97_rows[:, None] * tl.dot((v97_xA).to(DOT_DTYPE), tl.trans((v67 * v97_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v97_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v97_p = v97_r + v97_j
+        v97_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v97_b = tl.load(scratch + 5 * C * HID + C * D + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v97_d = tl.sum(v96 * v97_y * tl.exp(tl.minimum(v61 - v97_b, 0.0)), axis=1)
+        v97 += tl.where(tl.arange(0, C)[None, :] == v97_p[:, None], v97_d[:, None], 0.0)
+    v97 = v97 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v102 = (v58 * v95)
     v107 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v103 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -3538,35 +3991,37 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v106 = ((-1.0) * v105)
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v108 = tl.zeros((C, D), DTYPE)
-    for v108_j in range(0, C):  # the summed axis t, one position at a time
-        v108_x = tl.load(scratch + 6 * C * HID + v108_j * D + tl.arange(0, D))
-        v108_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v108_j * C + tl.arange(0, C))
-        v108_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v108_j * C + tl.arange(0, C))
-        v108_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v108_j * D + tl.arange(0, D))
-        v108 += v108_x[None, :] * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a[None, :] - v44, 0.0))
+    v108_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v108_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v108_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v108_xA = q * v108_A
+    for v108_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v108_start = v108_k * BC
+        v108_B = tl.where(tl.arange(0, C)[:, None] < v108_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v108_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v108_rows = tl.where(tl.arange(0, C) // BC == v108_k, 1.0, 0.0)
+        v108 += v108_B * tl.dot(tl.trans((v107)).to(DOT_DTYPE), (v108_xA * v108_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v108_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v108_p = v108_r + v108_j
+        v108_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v108_p[:, None] * D + tl.arange(0, D)[None, :])
+        v108_y = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v108_p * C + tl.arange(0, C))
+        v108_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v108_p * C + tl.arange(0, C))
+        v108_a = tl.load(scratch + 5 * C * HID + C * D + v108_p[:, None] * D + tl.arange(0, D)[None, :])
+        v108 += v108_x * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v109 = ((-1.0) * v53 * v108)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v98 = tl.zeros((C, BV), DTYPE)
-    for v98_j in range(0, C):  # the summed axis t, one position at a time
-        v98_x = tl.load(scratch + 6 * C * HID + 3 * C * D + v98_j * C + tl.arange(0, C))
-        v98_y = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + v98_j * BV + tl.arange(0, BV))
-        v98_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v98_j * C + tl.arange(0, C))
-        v98_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v98_j * BV + tl.arange(0, BV))
-        v98 += v98_x[:, None] * v98_y[None, :] * v98_m[:, None] * tl.exp(tl.minimum(v98_a[None, :] - v62, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v99 = ((-1.0) * v67 * v98)
-    v101 = v99
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v46 = tl.sum((v45), axis=0)
     v80 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v79 = ((-1.0) * d_new_w2)
-        v64 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v81 = (v65 * v80)
     v82 = v81
@@ -3581,9 +4036,6 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v85 = (v51 * v84)
     v110 = (v82 + v85)
     v111 = (v48 * v110)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v46 = tl.sum((v45), axis=0)
     v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
     v113 = (v101 + v109 + v112)
     v114 = v113
@@ -3595,7 +4047,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
 def chunk_grad_gate_eta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_eta`."""
@@ -3627,7 +4079,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal, v84
+    scratch = scratch_ptr + slot * (3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, v48, v40, v61, v62, causal, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3675,16 +4127,25 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
-    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 3 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 3 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 3 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
@@ -3714,17 +4175,26 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 3 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 3 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v53 = v42
     v54 = tl.zeros((C, BV), DTYPE)
@@ -3754,15 +4224,24 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
-    for v85_j in range(0, C):  # the summed axis t, one position at a time
-        v85_x = tl.load(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + C * BV + v85_j * BV + tl.arange(0, BV))
-        v85_y = tl.load(scratch + 3 * C * HID + 3 * C * D + v85_j * C + tl.arange(0, C))
-        v85_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + v85_j * C + tl.arange(0, C))
-        v85_a = tl.load(scratch + 3 * C * HID + 2 * C * D + v85_j * BV + tl.arange(0, BV))
-        v85 += v85_x[None, :] * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a[None, :] - v57, 0.0))
+    v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 3 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = v84 * v85_A
+    for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v85_start = v85_k * BC
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
+        v85 += v85_B * tl.dot(tl.trans((v61)).to(DOT_DTYPE), (v85_xA * v85_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v85_p = v85_r + v85_j
+        v85_x = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 3 * C * HID + 2 * C * D + v85_p * C + tl.arange(0, C))
+        v85_m = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + v85_p * C + tl.arange(0, C))
+        v85_a = tl.load(scratch + 3 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85 += v85_x * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a - v57, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v86 = (v60 * v85)
     v87 = v86
@@ -3773,7 +4252,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
 def chunk_grad_gate_eta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_eta`."""
@@ -3805,8 +4284,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v47, v51, v52, v59, q, v48, v40, v61, v62, causal, v84, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, q
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3834,44 +4314,48 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 6 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v44 = (q * v42)
-    v60 = v35
-    v58 = v43
-    v62 = (v60 * v58)
-    v56 = v40
-    v57 = v41
-    v61 = tl.zeros((C, C), DTYPE)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = v42
+    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3882,40 +4366,53 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v47 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v51 = (v45 - v50)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
-        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 6 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 6 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
+    v55 = (v53 * v54)
+    v60 = v35
+    v58 = v43
+    v62 = (v60 * v58)
+    v56 = v40
+    v57 = v41
+    v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
+        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v63 = tl.zeros((C, BV), DTYPE)
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -3924,32 +4421,41 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
-    v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
-    for v85_j in range(0, BV):  # the summed axis o, one position at a time
-        v85_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v85_j)
-        v85_y = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v85_j)
-        v85_a = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v85_j)
-        v85 += v85_x[:, None] * v85_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v85_a[:, None] - v85_a[None, :], 0.0))
+    v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = v84 * v85_A
+    for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v85_start = v85_k * BC
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v85_p = v85_r + v85_j
+        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
+        v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
+    v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -3960,15 +4466,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
-    for v93_j in range(0, C):  # the summed axis t, one position at a time
-        v93_x = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v93_j * C + tl.arange(0, C))
-        v93_y = tl.load(scratch + 6 * C * HID + v93_j * D + tl.arange(0, D))
-        v93_m = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + C * BV + v93_j * C + tl.arange(0, C))
-        v93_a = tl.load(scratch + 6 * C * HID + 2 * C * D + v93_j * D + tl.arange(0, D))
-        v93 += v93_x[:, None] * v93_y[None, :] * v93_m[:, None] * tl.exp(tl.minimum(v93_a[None, :] - v41, 0.0))
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_yA = q * v93_A
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_B * tl.dot(tl.trans((v92 * v93_rows[:, None])).to(DOT_DTYPE), (v93_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v93_p * C + tl.arange(0, C))
+        v93_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + v93_p * C + tl.arange(0, C))
+        v93_a = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_a - v41, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (v46 * v93)
     v95 = v94
@@ -3978,7 +4494,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
 def chunk_grad_gate_eta_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `gate_eta`."""
@@ -4093,7 +4609,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
 def chunk_grad_gate_delta_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `gate_delta`."""
@@ -4125,7 +4641,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4184,16 +4700,25 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4238,17 +4763,26 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -4269,15 +4803,24 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -4285,11 +4828,21 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -4332,7 +4885,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
 def chunk_grad_gate_delta_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_delta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `gate_delta`."""
@@ -4364,7 +4917,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4423,16 +4976,25 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4477,17 +5039,26 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -4508,15 +5079,24 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -4524,11 +5104,21 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -4568,7 +5158,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
 def chunk_grad_ln_weight_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_weight`."""
@@ -4600,18 +5190,52 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, q, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v42 = tl.exp(v40)  # cumulative decay in the chunk
+    v53 = v42
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v44 = (q * v42)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v46 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v43 = gate_eta
+    v48 = (v46 * v43)
+    v41 = v40
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v49 = tl.zeros((C, C), DTYPE)
+    v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_xA = q * v49_A
+    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v49_start = v49_k * BC
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v49_p = v49_r + v49_j
+        v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 4 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
+        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v45)
         v10 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v10)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v10)
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
@@ -4629,38 +5253,35 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v46 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v43 = gate_eta
-    v48 = (v46 * v43)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
-    for v49_j in range(0, D):  # the summed axis i, one position at a time
-        v49_x = tl.load(scratch + 3 * C * HID + tl.arange(0, C) * D + v49_j)
-        v49_y = tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C) * D + v49_j)
-        v49_a = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * D + v49_j)
-        v49 += v49_x[:, None] * v49_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v49_a[:, None] - v49_a[None, :], 0.0))  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.exp(v40)  # cumulative decay in the chunk
-    v44 = (q * v42)
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v10 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v47 = v37
+        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = (v45 - v50)
+        v52_c0 = (0.5 * v51)
+        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v55 = (v53 * v54)
     v60 = v35
     v58 = v43
     v62 = (v60 * v58)
@@ -4670,44 +5291,31 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v47 = v37
-        v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v51 = (v45 - v50)
-        v52_c0 = (0.5 * v51)
-        v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
-    for v63_j in range(0, C):  # the summed axis s, one position at a time
-        v63_x = tl.load(scratch + 3 * C * HID + 3 * C * D + tl.arange(0, C) * C + v63_j)
-        v63_y = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + v63_j * BV + tl.arange(0, BV))
-        v63_m = tl.load(scratch + 3 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_j)
-        v63_b = tl.load(scratch + 3 * C * HID + 2 * C * D + v63_j * BV + tl.arange(0, BV))
-        v63 += v63_x[:, None] * v63_y[None, :] * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b[None, :], 0.0))
+    v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v63_start = v63_k * BC
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = v63 * v63_A
+    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v63_p = v63_r + v63_j
+        v63_x = tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = v42
-    v54 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v53 * v54)
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4724,7 +5332,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 def chunk_grad_ln_weight_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_weight`."""
@@ -4756,7 +5364,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4816,16 +5424,25 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -4869,17 +5486,26 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -4900,15 +5526,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -4916,11 +5551,21 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -4962,7 +5607,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
 def chunk_grad_ln_weight_2_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 2 of the gradient of one chunk's `ln_weight`."""
@@ -4994,7 +5639,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5054,16 +5699,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5107,17 +5761,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -5138,15 +5801,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -5154,11 +5826,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5197,7 +5879,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
 def chunk_grad_ln_weight_3_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 3 of the gradient of one chunk's `ln_weight`."""
@@ -5229,7 +5911,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5288,16 +5970,25 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5342,17 +6033,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -5373,15 +6073,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -5389,11 +6098,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5439,7 +6158,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
 def chunk_grad_ln_bias_0_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 0 of the gradient of one chunk's `ln_bias`."""
@@ -5478,7 +6197,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 def chunk_grad_ln_bias_1_bwd_kernel(
     starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_delta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Term 1 of the gradient of one chunk's `ln_bias`."""
@@ -5510,7 +6229,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, q, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5569,16 +6288,25 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v51 = (q * v48)
     v53 = k
     v55 = (v53 * v49)
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
-    for v56_j in range(0, D):  # the summed axis i, one position at a time
-        v56_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * D + v56_j)
-        v56_y = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * D + v56_j)
-        v56_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * D + v56_j)
-        v56 += v56_x[:, None] * v56_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v56_a[:, None] - v56_a[None, :], 0.0))  # decayed scores
+    v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_xA = q * v56_A
+    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v56_start = v56_k * BC
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v56_p = v56_r + v56_j
+        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
+        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -5623,17 +6351,26 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
-    for v70_j in range(0, C):  # the summed axis s, one position at a time
-        v70_x = tl.load(scratch + 5 * C * HID + 3 * C * D + tl.arange(0, C) * C + v70_j)
-        v70_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + v70_j * BV + tl.arange(0, BV))
-        v70_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_j)
-        v70_b = tl.load(scratch + 5 * C * HID + 2 * C * D + v70_j * BV + tl.arange(0, BV))
-        v70 += v70_x[:, None] * v70_y[None, :] * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b[None, :], 0.0))
+    v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v70_start = v70_k * BC
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v70 = v70 * v70_A
+    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v70_p = v70_r + v70_j
+        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
@@ -5654,15 +6391,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
-    for v100_j in range(0, C):  # the summed axis t, one position at a time
-        v100_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + v100_j * BV + tl.arange(0, BV))
-        v100_y = tl.load(scratch + 5 * C * HID + 3 * C * D + v100_j * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + C * BV + v100_j * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_j * BV + tl.arange(0, BV))
-        v100 += v100_x[None, :] * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a[None, :] - v64, 0.0))
+    v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = v98 * v100_A
+    for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v100_start = v100_k * BC
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
+        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v100_p = v100_r + v100_j
+        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v101 = (v65 * v100)
     v103 = (v84 + v101)
@@ -5670,11 +6416,21 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v86 = (v50 * v53)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
-    for v99_j in range(0, BV):  # the summed axis o, one position at a time
-        v99_x = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * BV + v99_j)
-        v99_y = tl.load(scratch + 5 * C * HID + 3 * C * D + C * C + tl.arange(0, C) * BV + v99_j)
-        v99_a = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * BV + v99_j)
-        v99 += v99_x[:, None] * v99_y[None, :] * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp(tl.minimum(v99_a[:, None] - v99_a[None, :], 0.0))
+    v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_xA = v98 * v99_A
+    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v99_start = v99_k * BC
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v99_p = v99_r + v99_j
+        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
+        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v105 = (v60 * v97)
     v114 = tl.zeros((C, BV), DTYPE)

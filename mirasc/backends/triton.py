@@ -51,6 +51,18 @@ def value_block(head_dim: int) -> int:
 INTERPRETER_VALUE_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the value axis
 
 
+def sub_chunk(chunk_size: int, on_gpu: bool) -> int:
+    """BC, the sub-chunk of a channel-decay product (mirasc.emit_triton.decayed_product): pairs of tokens in one
+    sub-chunk are made a pair at a time, the rest by matrix products. 16 on a GPU (flash-linear-attention's chunk_gla
+    takes the same; C·D·(C/BC + 1 + BC) exponentials per product, 21·C·D at C = 64 where a position at a time of
+    the summed axis took 64·C·D); 4 on the interpreter, so that a test's chunk of 16 has both kinds of pairs."""
+    return min(chunk_size, SUB_CHUNK if on_gpu else INTERPRETER_SUB_CHUNK)
+
+
+SUB_CHUNK = 16
+INTERPRETER_SUB_CHUNK = 4
+
+
 # Scratch memory of one launch of a chunk kernel that keeps blocks in scratch (an MLP memory's: a program's slot is
 # up to 25 (C, hidden) tiles, 0.1 to 1.6 MiB at C = 64, hidden 256, fp32): the launcher runs the chunks in waves of
 # as many as fit, reusing one buffer. 256 MiB holds about 256 programs of 1 MiB, two for each of an H100's 132 SMs.
@@ -169,8 +181,8 @@ class _Launch:
             self.max_chunks = int(chunks.max())
             varlen = True
         self.scalars = (self.cu, self.offsets, self.T, heads)
-        self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype, DOT_DTYPE=dot,
-                           DOT_PRECISION=prec, num_stages=num_stages(self.D, self.HID))
+        self.consts = dict(C=self.C, D=self.D, HID=self.HID, BH=self.BH, IS_VARLEN=varlen, DTYPE=dtype,
+                           DOT_DTYPE=dot, DOT_PRECISION=prec, num_stages=num_stages(self.D, self.HID))
         if q.is_cuda and (ceiling := max_registers(_arch(device))) is not None:
             self.consts["maxnreg"] = ceiling
 
@@ -179,9 +191,11 @@ class _Launch:
         return {job: (getattr(self.module, f"chunk_{job}_kernel"), info) for job, info in self.desc["kernels"].items()}
 
     def config(self, info: dict) -> Config:
-        """A kernel's default launch config: its warps from its register tiles, BV and BH from the head dim."""
+        """A kernel's default launch config: its warps from its register tiles, BV and BH from the head dim, BC from
+        the chunk (for a kernel with channel-decay products)."""
         bv = self.BV if info["value_blocks"] != "none" else self.D
-        return Config(num_warps(self.C, self.D, self.HID, info["tiles"]), bv, self.BH)
+        bc = sub_chunk(self.C, self.on_gpu) if info["sub_chunks"] else 0
+        return Config(num_warps(self.C, self.D, self.HID, info["tiles"]), bv, self.BH, bc)
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel with its default config or, when autotuning is on, with the fastest of its
@@ -190,7 +204,7 @@ class _Launch:
         config = self.config(info)
         if autotune_enabled(self.on_gpu, tuning.TUNER):
             key = (fn, *((k, str(v)) for k, v in self.consts.items()), ("job", job))
-            configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu)
+            configs = candidates(config, info["value_blocks"], self.D, self.HID, self.on_gpu, self.C)
             config = tuning.TUNER.choose(key, configs, lambda c: self.launch(fn, info, c, args))
         self.launch(fn, info, config, args)
 
@@ -199,7 +213,8 @@ class _Launch:
         memory, a slot per program, would pass the scratch budget)."""
         bv = config.block_value
         blocks = self.D // bv  # programs per chunk along the value axis, each with its own scratch slot
-        consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "num_warps": config.num_warps}
+        consts = {**self.consts, "BV": bv, "BH": config.block_hidden, "BC": config.sub_chunk or self.C,
+                  "num_warps": config.num_warps}
         if info["grid"] != "chunks":
             scratch = self.scratch(info, self.programs * blocks, bv)
             launch_fitting(fn, (self.programs, 1, blocks), (*args, *scratch, *self.scalars, 0), consts)

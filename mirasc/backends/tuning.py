@@ -25,18 +25,23 @@ import torch
 
 @dataclass(frozen=True)
 class Config:
-    """One launch config of a kernel: warps per program, the value block BV and the hidden block BH."""
+    """One launch config of a kernel: warps per program, the value block BV, the hidden block BH and the sub-chunk BC
+    of its channel-decay products (0 for a kernel that makes none)."""
 
     num_warps: int
     block_value: int
     block_hidden: int
+    sub_chunk: int = 0
 
 
-def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool) -> list[Config]:
+def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
+               chunk_size: int = 0) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
     half the value block for a kernel run by blocks of value columns, half the hidden block for an MLP memory's
-    kernel. Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a
-    sum (value_blocks "partial") keeps the default BV: the launcher sizes those shares' buffer from it."""
+    kernel, and for a kernel with channel-decay products the whole chunk as one sub-chunk (every pair of tokens made
+    exactly: more exponentials, no matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a
+    GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum (value_blocks "partial") keeps
+    the default BV: the launcher sizes those shares' buffer from it."""
     smallest = 16 if on_gpu else 1
     out = [default]
     if on_gpu:
@@ -45,6 +50,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, block_value=default.block_value // 2))
     if hidden > head_dim and default.block_hidden // 2 >= smallest:
         out.append(replace(default, block_hidden=default.block_hidden // 2))
+    if 0 < default.sub_chunk < chunk_size:
+        out.append(replace(default, sub_chunk=chunk_size))
     return out
 
 
