@@ -283,23 +283,28 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
         add = [f"    {nm} += {term}"]
     lines = [f"{nm} = tl.zeros({_shape(v.axes)}, DTYPE)",
              f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts",
-             *_across_sub_chunks(v, bases[a.id], rows(bases[a.id], f"{nm}_r")),
+             *_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r")),
              f"for {nm}_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk",
              f"    {nm}_p = {nm}_r + {nm}_j", *loads, *add]
     return lines + ([f"{nm} = {nm} * {name(mask)}"] if m == chan else [])
 
 
-def _across_sub_chunks(v: Value, anchor_base: str, anchor_rows: str) -> list[str]:
+def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str) -> list[str]:
     """The pairs of `decayed_product` with s in an earlier sub-chunk than t: per sub-chunk k of rows t (from r = k·BC),
     a matrix product of the factors with e^{a[t] − a[r]} and e^{a[r] − b[s]}·[s < r], each put on the operand that
     holds the summed axis, or on the result. The first, the same for every k, is applied once, outside the loop (on
-    an operand before it, on the result after it), so that it holds no registers across the loop."""
+    an operand before it, on the result after it), so that it holds no registers across the loop; a factor stored in
+    scratch memory is read from there, so that its register tile need not live through the loop either."""
     x, y, a, b, _ = v.args
     m, chan = _summed_axis(v), ir.decay_channel(v)
     nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
-    anchor = f"tl.load({anchor_base} + {nm}_start * {width} + tl.arange(0, {width}))"
-    lines = [f"{nm}_A = tl.exp(tl.minimum({name(a)} - {anchor_rows}, 0.0))  # e^(a[t] - a at t's sub-chunk start)"]
-    operands, per_block, after = [[name(x)], [name(y)]], [], []
+
+    def whole(z: Value) -> str:
+        return f"tl.load({bases[z.id]} + {_local_offsets(z.axes)})" if z.id in bases else name(z)
+
+    anchor = f"tl.load({bases[a.id]} + {nm}_start * {width} + tl.arange(0, {width}))"
+    lines = [f"{nm}_A = tl.exp(tl.minimum({whole(a)} - {anchor_rows}, 0.0))  # e^(a[t] - a at t's sub-chunk start)"]
+    operands, per_block, after = [[whole(x)], [whole(y)]], [], []
     for expr, axes, fixed in ((f"{nm}_A", a.axes, True), (f"{nm}_B", b.axes, False), (f"{nm}_rows", ("t",), False)):
         if m not in axes:
             (after if fixed else per_block).append(_spread(expr, axes, v.axes))  # the result's
@@ -317,7 +322,7 @@ def _across_sub_chunks(v: Value, anchor_base: str, anchor_rows: str) -> list[str
     lines += [f"for {nm}_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token",
               f"    {nm}_start = {nm}_k * BC",
               f"    {nm}_B = tl.where({pos}[:, None] < {nm}_start, "
-              f"tl.exp(tl.minimum({anchor}[None, :] - {name(b)}, 0.0)), 0.0)",
+              f"tl.exp(tl.minimum({anchor}[None, :] - {whole(b)}, 0.0)), 0.0)",
               f"    {nm}_rows = tl.where({pos} // BC == {nm}_k, 1.0, 0.0)",
               f"    {nm} += {product}"]
     return lines + [f"{nm} = {nm} * {x}" for x in after]

@@ -203,14 +203,15 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
 
 
 def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:
-    """A channel-decay product: its factors that hold the summed axis stored to their slots (once per chunk), then
-    the product reading their slices; barriers around it, since every thread reads slices of tiles other threads
-    stored, and (in a kernel walking its chunks) the next chunk stores them again."""
+    """A channel-decay product: its staged factors stored to their slots (once per chunk, unless an earlier product
+    stored them), then the product reading them; barriers around it, since every thread reads what other threads
+    stored, and (in a kernel walking its chunks) the next chunk stores them again. The product gets the slots of its
+    own staged factors only: another product's may not be stored yet."""
     tiles = list({same_tile(z).id: same_tile(z) for z in staged_factors(v)}.values())
     lines = [stage(z, slot[z.id]) for z in tiles if z.id not in staged]
     staged.update(z.id for z in tiles)
     return (lines + ["tl.debug_barrier()  # the slices below come from tiles other threads stored"] +
-            _with_hint(v, decayed_product(v, slot)) +
+            _with_hint(v, decayed_product(v, {z.id: slot[z.id] for z in staged_factors(v)})) +
             ["tl.debug_barrier()  # every slice read before the slots are written again"])
 
 

@@ -1038,13 +1038,13 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1087,12 +1087,12 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
     for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v113_p = v113_r + v113_j
@@ -1231,13 +1231,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v106_xA = q * v106_A
         for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v106_start = v106_k * BC
-            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v106_p = v106_r + v106_j
             v106_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1360,12 +1360,12 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v120 = tl.zeros((C, BV), DTYPE)
         v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v120_start = v120_k * BC
-            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-            v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v120 = v120 * v120_A
         for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v120_p = v120_r + v120_j
@@ -1397,13 +1397,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v156 = tl.zeros((C, C), DTYPE)
         v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v156_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v156_xA = v155 * v156_A
         for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v156_start = v156_k * BC
-            v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+            v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-            v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v156_p = v156_r + v156_j
             v156_y = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1466,13 +1466,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v157 = tl.zeros((C, BV), DTYPE)
         v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-        v157_xA = v155 * v157_A
+        v157_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v157_xA = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
         for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v157_start = v157_k * BC
             v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
             v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-            v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v157_p = v157_r + v157_j
             v157_x = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1870,13 +1870,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1929,12 +1929,12 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
     for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v113_p = v113_r + v113_j
@@ -1966,13 +1966,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v135_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v135_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v135_xA = v134 * v135_A
     for v135_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v135_start = v135_k * BC
-        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v135_rows = tl.where(tl.arange(0, C) // BC == v135_k, 1.0, 0.0)
-        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((v112 * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v135_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v135_p = v135_r + v135_j
         v135_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2001,12 +2001,12 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v143 = tl.zeros((C, D), DTYPE)
     v143_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v143_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v143_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v143_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v143_start = v143_k * BC
-        v143_B = tl.where(tl.arange(0, C)[:, None] < v143_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v143_B = tl.where(tl.arange(0, C)[:, None] < v143_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v143_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v143_rows = tl.where(tl.arange(0, C) // BC == v143_k, 1.0, 0.0)
-        v143 += v143_rows[:, None] * tl.dot((v142).to(DOT_DTYPE), (v98 * v143_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v143 += v143_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v143_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v143 = v143 * v143_A
     for v143_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v143_p = v143_r + v143_j
@@ -2182,13 +2182,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2233,12 +2233,12 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
     for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v113_p = v113_r + v113_j
@@ -2279,13 +2279,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v135_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v135_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v135_xA = v134 * v135_A
     for v135_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v135_start = v135_k * BC
-        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v135_B = tl.where(tl.arange(0, C)[:, None] < v135_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v135_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v135_rows = tl.where(tl.arange(0, C) // BC == v135_k, 1.0, 0.0)
-        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((v112 * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v135 += v135_rows[:, None] * tl.dot((v135_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v135_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v135_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v135_p = v135_r + v135_j
         v135_y = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v135_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2476,13 +2476,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2528,12 +2528,12 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -2574,13 +2574,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
     v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v145_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v145_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v145_xA = v144 * v145_A
     for v145_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v145_start = v145_k * BC
-        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v145_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v145_rows = tl.where(tl.arange(0, C) // BC == v145_k, 1.0, 0.0)
-        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((v119 * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v145_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v145_p = v145_r + v145_j
         v145_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2610,13 +2610,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v153 = tl.zeros((C, D), DTYPE)
     v153_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v153_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v153_yA = q * v153_A
+    v153_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v153_yA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v153_A
     for v153_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v153_start = v153_k * BC
         v153_B = tl.where(tl.arange(0, C)[:, None] < v153_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
         v153_rows = tl.where(tl.arange(0, C) // BC == v153_k, 1.0, 0.0)
-        v153 += v153_B * tl.dot(tl.trans((v152 * v153_rows[:, None])).to(DOT_DTYPE), (v153_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v153 += v153_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v153_rows[:, None])).to(DOT_DTYPE), (v153_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v153_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v153_p = v153_r + v153_j
         v153_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v153_p * C + tl.arange(0, C))
@@ -2817,13 +2817,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2884,12 +2884,12 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -2922,13 +2922,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2944,13 +2944,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3168,13 +3168,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3233,12 +3233,12 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -3270,13 +3270,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v151 = tl.zeros((C, C), DTYPE)
     v151_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v151_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v151_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v151_xA = v150 * v151_A
     for v151_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v151_start = v151_k * BC
-        v151_B = tl.where(tl.arange(0, C)[:, None] < v151_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v151_B = tl.where(tl.arange(0, C)[:, None] < v151_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v151_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v151_rows = tl.where(tl.arange(0, C) // BC == v151_k, 1.0, 0.0)
-        v151 += v151_rows[:, None] * tl.dot((v151_xA).to(DOT_DTYPE), tl.trans((v119 * v151_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v151 += v151_rows[:, None] * tl.dot((v151_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v151_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v151_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v151_p = v151_r + v151_j
         v151_y = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v151_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3329,13 +3329,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, BV), DTYPE)
     v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v152_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v152_xA = v150 * v152_A
+    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v152_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v152_A
     for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v152_start = v152_k * BC
         v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
-        v152 += v152_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v152_xA * v152_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v152 += v152_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v152_xA * v152_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v152_p = v152_r + v152_j
         v152_x = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v152_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3504,13 +3504,13 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3636,12 +3636,12 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -3673,13 +3673,13 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3742,13 +3742,13 @@ def chunk_grad_k_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4100,13 +4100,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4167,12 +4167,12 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -4205,13 +4205,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4227,13 +4227,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4385,13 +4385,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4513,12 +4513,12 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -4557,13 +4557,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4613,13 +4613,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4855,13 +4855,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v104 = tl.zeros((C, C), DTYPE)
     v104_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v104_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v104_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v104_xA = q * v104_A
     for v104_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v104_start = v104_k * BC
-        v104_B = tl.where(tl.arange(0, C)[:, None] < v104_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v104_B = tl.where(tl.arange(0, C)[:, None] < v104_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v104_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v104_rows = tl.where(tl.arange(0, C) // BC == v104_k, 1.0, 0.0)
-        v104 += v104_rows[:, None] * tl.dot((v104_xA).to(DOT_DTYPE), tl.trans((v103 * v104_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v104 += v104_rows[:, None] * tl.dot((v104_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v104_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v104_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v104_p = v104_r + v104_j
         v104_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + v104_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4978,12 +4978,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v118 = tl.zeros((C, BV), DTYPE)
     v118_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v118_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v118_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v118_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v118_start = v118_k * BC
-        v118_B = tl.where(tl.arange(0, C)[:, None] < v118_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
+        v118_B = tl.where(tl.arange(0, C)[:, None] < v118_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v118_rows = tl.where(tl.arange(0, C) // BC == v118_k, 1.0, 0.0)
-        v118 += v118_rows[:, None] * tl.dot((v116).to(DOT_DTYPE), (v117 * v118_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v118 += v118_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v118_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v118 = v118 * v118_A
     for v118_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v118_p = v118_r + v118_j
@@ -5017,13 +5017,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, C), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v154_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v154_xA = v153 * v154_A
     for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v154_start = v154_k * BC
-        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
+        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v154_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
-        v154 += v154_rows[:, None] * tl.dot((v154_xA).to(DOT_DTYPE), tl.trans((v117 * v154_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v154 += v154_rows[:, None] * tl.dot((v154_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v154_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v154_p = v154_r + v154_j
         v154_y = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v154_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5054,12 +5054,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v169 = tl.zeros((C, D), DTYPE)
     v169_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v169_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v169_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v169_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v169_start = v169_k * BC
-        v169_B = tl.where(tl.arange(0, C)[:, None] < v169_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v169_B = tl.where(tl.arange(0, C)[:, None] < v169_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v169_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v169_rows = tl.where(tl.arange(0, C) // BC == v169_k, 1.0, 0.0)
-        v169 += v169_rows[:, None] * tl.dot((v168).to(DOT_DTYPE), (v103 * v169_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v169 += v169_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v169_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v169 = v169 * v169_A
     for v169_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v169_p = v169_r + v169_j
@@ -5132,13 +5132,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, BV), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v111 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v156_yA = v153 * v156_A
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_yA = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
         v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v112, 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_B * tl.dot(tl.trans((v116 * v156_rows[:, None])).to(DOT_DTYPE), (v156_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v156_rows[:, None])).to(DOT_DTYPE), (v156_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + v156_p * C + tl.arange(0, C))
@@ -5153,13 +5153,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v171 = tl.zeros((C, D), DTYPE)
     v171_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v171_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v171_xA = q * v171_A
+    v171_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v171_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v171_A
     for v171_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v171_start = v171_k * BC
         v171_B = tl.where(tl.arange(0, C)[:, None] < v171_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
         v171_rows = tl.where(tl.arange(0, C) // BC == v171_k, 1.0, 0.0)
-        v171 += v171_B * tl.dot(tl.trans((v168)).to(DOT_DTYPE), (v171_xA * v171_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v171 += v171_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v171_xA * v171_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v171_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v171_p = v171_r + v171_j
         v171_x = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + v171_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5284,13 +5284,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5413,12 +5413,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -5450,13 +5450,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5519,13 +5519,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5806,13 +5806,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v105 = tl.zeros((C, C), DTYPE)
     v105_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v105_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v105_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v105_xA = q * v105_A
     for v105_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v105_start = v105_k * BC
-        v105_B = tl.where(tl.arange(0, C)[:, None] < v105_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v105_B = tl.where(tl.arange(0, C)[:, None] < v105_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v105_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v105_rows = tl.where(tl.arange(0, C) // BC == v105_k, 1.0, 0.0)
-        v105 += v105_rows[:, None] * tl.dot((v105_xA).to(DOT_DTYPE), tl.trans((v104 * v105_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v105 += v105_rows[:, None] * tl.dot((v105_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v105_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v105_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v105_p = v105_r + v105_j
         v105_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + v105_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5863,12 +5863,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v119 = tl.zeros((C, BV), DTYPE)
     v119_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v119_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v119_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v119_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v119_start = v119_k * BC
-        v119_B = tl.where(tl.arange(0, C)[:, None] < v119_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
+        v119_B = tl.where(tl.arange(0, C)[:, None] < v119_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v119_rows = tl.where(tl.arange(0, C) // BC == v119_k, 1.0, 0.0)
-        v119 += v119_rows[:, None] * tl.dot((v117).to(DOT_DTYPE), (v118 * v119_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v119 += v119_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v119_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v119 = v119 * v119_A
     for v119_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v119_p = v119_r + v119_j
@@ -5901,13 +5901,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, BV), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v149_xA = v147 * v149_A
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
         v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_B * tl.dot(tl.trans((v117)).to(DOT_DTYPE), (v149_xA * v149_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v149_xA * v149_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5921,13 +5921,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v148 = tl.zeros((C, C), DTYPE)
     v148_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v148_A = tl.exp(tl.minimum(v112 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v148_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v148_xA = v147 * v148_A
     for v148_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v148_start = v148_k * BC
-        v148_B = tl.where(tl.arange(0, C)[:, None] < v148_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_start * BV + tl.arange(0, BV))[None, :] - v113, 0.0)), 0.0)
+        v148_B = tl.where(tl.arange(0, C)[:, None] < v148_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v148_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v148_rows = tl.where(tl.arange(0, C) // BC == v148_k, 1.0, 0.0)
-        v148 += v148_rows[:, None] * tl.dot((v148_xA).to(DOT_DTYPE), tl.trans((v118 * v148_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v148 += v148_rows[:, None] * tl.dot((v148_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v148_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v148_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v148_p = v148_r + v148_j
         v148_y = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v148_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5957,13 +5957,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v159 = tl.zeros((C, D), DTYPE)
     v159_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v159_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v159_yA = q * v159_A
+    v159_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v159_yA = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v159_A
     for v159_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v159_start = v159_k * BC
         v159_B = tl.where(tl.arange(0, C)[:, None] < v159_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
         v159_rows = tl.where(tl.arange(0, C) // BC == v159_k, 1.0, 0.0)
-        v159 += v159_B * tl.dot(tl.trans((v158 * v159_rows[:, None])).to(DOT_DTYPE), (v159_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v159 += v159_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v159_rows[:, None])).to(DOT_DTYPE), (v159_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v159_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v159_p = v159_r + v159_j
         v159_x = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + v159_p * C + tl.arange(0, C))
@@ -6105,13 +6105,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6236,12 +6236,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -6273,13 +6273,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6342,13 +6342,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6624,13 +6624,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v90 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = q * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - v91, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v98 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6673,12 +6673,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(v106 - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - v107, 0.0)), 0.0)
+        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((v111).to(DOT_DTYPE), (v112 * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v113 = v113 * v113_A
     for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v113_p = v113_r + v113_j
@@ -6886,13 +6886,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6949,12 +6949,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -6987,13 +6987,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7009,13 +7009,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7237,13 +7237,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -7300,12 +7300,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -7338,13 +7338,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7360,13 +7360,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7581,13 +7581,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -7648,12 +7648,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -7686,13 +7686,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7708,13 +7708,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7867,13 +7867,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -7995,12 +7995,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -8039,13 +8039,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8095,13 +8095,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8334,13 +8334,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -8462,12 +8462,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -8506,13 +8506,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8562,13 +8562,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8798,13 +8798,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -8926,12 +8926,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -8970,13 +8970,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9026,13 +9026,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9375,13 +9375,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -9442,12 +9442,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -9480,13 +9480,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
     v150_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v150_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v150_xA = v148 * v150_A
+    v150_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v150_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v150_A
     for v150_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v150_start = v150_k * BC
         v150_B = tl.where(tl.arange(0, C)[:, None] < v150_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v150_rows = tl.where(tl.arange(0, C) // BC == v150_k, 1.0, 0.0)
-        v150 += v150_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v150 += v150_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v150_xA * v150_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v150_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v150_p = v150_r + v150_j
         v150_x = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9502,13 +9502,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v149_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v149_xA = v148 * v149_A
     for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((v119 * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v149_p = v149_r + v149_j
         v149_y = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9660,13 +9660,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(v93 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v106_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v106_xA = q * v106_A
     for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - v94, 0.0)), 0.0)
+        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v105 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v106_p = v106_r + v106_j
         v106_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + v106_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -9788,12 +9788,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v118).to(DOT_DTYPE), (v119 * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v120 = v120 * v120_A
     for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v120_p = v120_r + v120_j
@@ -9832,13 +9832,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v156_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v156_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v156_xA = v155 * v156_A
     for v156_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v156_start = v156_k * BC
-        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
+        v156_B = tl.where(tl.arange(0, C)[:, None] < v156_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v156_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v156_rows = tl.where(tl.arange(0, C) // BC == v156_k, 1.0, 0.0)
-        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((v119 * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v156 += v156_rows[:, None] * tl.dot((v156_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v156_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v156_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v156_p = v156_r + v156_j
         v156_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9888,13 +9888,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
     v157_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v157_A = tl.exp(tl.minimum(v113 - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v157_xA = v155 * v157_A
+    v157_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v157_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v157_A
     for v157_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v157_start = v157_k * BC
         v157_B = tl.where(tl.arange(0, C)[:, None] < v157_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
         v157_rows = tl.where(tl.arange(0, C) // BC == v157_k, 1.0, 0.0)
-        v157 += v157_B * tl.dot(tl.trans((v118)).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v157 += v157_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v157_xA * v157_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v157_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v157_p = v157_r + v157_j
         v157_x = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])

@@ -932,13 +932,13 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -989,12 +989,12 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -1272,13 +1272,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v75 = tl.zeros((C, C), DTYPE)
         v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v75_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v75_xA = q * v75_A
         for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v75_start = v75_k * BC
-            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v75_p = v75_r + v75_j
             v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1339,12 +1339,12 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v93 = tl.zeros((C, BV), DTYPE)
         v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v93_start = v93_k * BC
-            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-            v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v93 = v93 * v93_A
         for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v93_p = v93_r + v93_j
@@ -1405,13 +1405,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v199 = tl.zeros((C, C), DTYPE)
         v199_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v199_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v199_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v199_xA = v198 * v199_A
         for v199_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v199_start = v199_k * BC
-            v199_B = tl.where(tl.arange(0, C)[:, None] < v199_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v199_B = tl.where(tl.arange(0, C)[:, None] < v199_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v199_rows = tl.where(tl.arange(0, C) // BC == v199_k, 1.0, 0.0)
-            v199 += v199_rows[:, None] * tl.dot((v199_xA).to(DOT_DTYPE), tl.trans((v92 * v199_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v199 += v199_rows[:, None] * tl.dot((v199_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v199_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v199_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v199_p = v199_r + v199_j
             v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1482,13 +1482,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v200 = tl.zeros((C, BV), DTYPE)
         v200_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v200_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-        v200_xA = v198 * v200_A
+        v200_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v200_xA = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v200_A
         for v200_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v200_start = v200_k * BC
             v200_B = tl.where(tl.arange(0, C)[:, None] < v200_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
             v200_rows = tl.where(tl.arange(0, C) // BC == v200_k, 1.0, 0.0)
-            v200 += v200_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v200_xA * v200_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v200 += v200_B * tl.dot(tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v200_xA * v200_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v200_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v200_p = v200_r + v200_j
             v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1997,13 +1997,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2064,12 +2064,12 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -2131,13 +2131,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2276,13 +2276,13 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2344,12 +2344,12 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -2411,13 +2411,13 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2449,12 +2449,12 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_rows[:, None] * tl.dot((v123).to(DOT_DTYPE), (v67 * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v124 = v124 * v124_A
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
@@ -2577,13 +2577,13 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2644,12 +2644,12 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -2711,13 +2711,13 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2982,13 +2982,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3040,12 +3040,12 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -3106,13 +3106,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v183 = tl.zeros((C, C), DTYPE)
     v183_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v183_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v183_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v183_xA = v182 * v183_A
     for v183_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v183_start = v183_k * BC
-        v183_B = tl.where(tl.arange(0, C)[:, None] < v183_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v183_B = tl.where(tl.arange(0, C)[:, None] < v183_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v183_rows = tl.where(tl.arange(0, C) // BC == v183_k, 1.0, 0.0)
-        v183 += v183_rows[:, None] * tl.dot((v183_xA).to(DOT_DTYPE), tl.trans((v92 * v183_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v183 += v183_rows[:, None] * tl.dot((v183_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v183_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v183_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v183_p = v183_r + v183_j
         v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3145,13 +3145,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v192 = tl.zeros((C, D), DTYPE)
     v192_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v192_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v192_yA = q * v192_A
+    v192_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v192_yA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v192_A
     for v192_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v192_start = v192_k * BC
         v192_B = tl.where(tl.arange(0, C)[:, None] < v192_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
         v192_rows = tl.where(tl.arange(0, C) // BC == v192_k, 1.0, 0.0)
-        v192 += v192_B * tl.dot(tl.trans((v191 * v192_rows[:, None])).to(DOT_DTYPE), (v192_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v192 += v192_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v192_rows[:, None])).to(DOT_DTYPE), (v192_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v192_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v192_p = v192_r + v192_j
         v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + v192_p * C + tl.arange(0, C))
@@ -3388,13 +3388,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3454,12 +3454,12 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -3520,13 +3520,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3590,13 +3590,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3849,13 +3849,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3915,12 +3915,12 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -3981,13 +3981,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, C), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v194_xA = v193 * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_rows[:, None] * tl.dot((v194_xA).to(DOT_DTYPE), tl.trans((v92 * v194_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_rows[:, None] * tl.dot((v194_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4054,13 +4054,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, BV), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v195_xA = v193 * v195_A
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
         v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v195_xA * v195_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v195_xA * v195_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
         v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4354,13 +4354,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4420,12 +4420,12 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -4486,13 +4486,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4556,13 +4556,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4812,13 +4812,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4878,12 +4878,12 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -4944,13 +4944,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5014,13 +5014,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5155,13 +5155,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5220,12 +5220,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -5401,13 +5401,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5469,12 +5469,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -5536,13 +5536,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5574,12 +5574,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_rows[:, None] * tl.dot((v123).to(DOT_DTYPE), (v67 * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v124 = v124 * v124_A
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
@@ -5860,13 +5860,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5918,12 +5918,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -5984,13 +5984,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v195_xA = v194 * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((v92 * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
         v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6562,13 +6562,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6620,12 +6620,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -6686,13 +6686,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v195_xA = v194 * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((v92 * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
         v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6725,13 +6725,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v207 = tl.zeros((C, D), DTYPE)
     v207_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v207_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v207_xA = q * v207_A
+    v207_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v207_xA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v207_A
     for v207_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v207_start = v207_k * BC
         v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
         v207_rows = tl.where(tl.arange(0, C) // BC == v207_k, 1.0, 0.0)
-        v207 += v207_B * tl.dot(tl.trans((v206)).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v207 += v207_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v207_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v207_p = v207_r + v207_j
         v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6745,13 +6745,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v196 = tl.zeros((C, BV), DTYPE)
     v196_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v196_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v196_yA = v194 * v196_A
+    v196_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v196_yA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v196_A
     for v196_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v196_start = v196_k * BC
         v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v196_rows = tl.where(tl.arange(0, C) // BC == v196_k, 1.0, 0.0)
-        v196 += v196_B * tl.dot(tl.trans((v91 * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v196 += v196_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v196_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v196_p = v196_r + v196_j
         v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
@@ -6879,13 +6879,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6944,12 +6944,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -7012,13 +7012,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v114 = tl.zeros((C, BV), DTYPE)
     v114_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v114_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v114_xA = v113 * v114_A
+    v114_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v114_xA = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v114_A
     for v114_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v114_start = v114_k * BC
         v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
         v114_rows = tl.where(tl.arange(0, C) // BC == v114_k, 1.0, 0.0)
-        v114 += v114_B * tl.dot(tl.trans((v84)).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v114 += v114_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v114_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v114_p = v114_r + v114_j
         v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7143,13 +7143,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -7211,12 +7211,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -7278,13 +7278,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(v79 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((v85 * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
         v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -7317,13 +7317,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(v58 - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v124_yA = q * v124_A
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_yA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_A
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
         v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_B * tl.dot(tl.trans((v123 * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
         v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
@@ -7849,13 +7849,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v58 - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((v67 * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
         v68_y = tl.load(scratch + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -7976,12 +7976,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(v79 - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v84).to(DOT_DTYPE), (v85 * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
@@ -8238,13 +8238,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -8304,12 +8304,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -8370,13 +8370,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8440,13 +8440,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8693,13 +8693,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -8759,12 +8759,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -8825,13 +8825,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -8895,13 +8895,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9145,13 +9145,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -9211,12 +9211,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -9277,13 +9277,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9347,13 +9347,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9686,13 +9686,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((v74 * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
         v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -9752,12 +9752,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v91).to(DOT_DTYPE), (v92 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -9818,13 +9818,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((v92 * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
         v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -9888,13 +9888,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(v86 - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = v192 * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
         v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((v91)).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
         v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])

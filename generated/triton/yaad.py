@@ -576,13 +576,13 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -668,12 +668,12 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -754,13 +754,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v56 = tl.zeros((C, C), DTYPE)
         v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v56_xA = q * v56_A
         for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v56_start = v56_k * BC
-            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v56_p = v56_r + v56_j
             v56_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -854,12 +854,12 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, BV), DTYPE)
         v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v70_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v70_start = v70_k * BC
-            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-            v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = v70 * v70_A
         for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v70_p = v70_r + v70_j
@@ -891,13 +891,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v106_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v106_xA = v105 * v106_A
         for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v106_start = v106_k * BC
-            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((v69 * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v106_p = v106_r + v106_j
             v106_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -960,13 +960,13 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v107 = tl.zeros((C, BV), DTYPE)
         v107_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v107_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-        v107_xA = v105 * v107_A
+        v107_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v107_xA = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v107_A
         for v107_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v107_start = v107_k * BC
             v107_B = tl.where(tl.arange(0, C)[:, None] < v107_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
             v107_rows = tl.where(tl.arange(0, C) // BC == v107_k, 1.0, 0.0)
-            v107 += v107_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v107_xA * v107_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v107 += v107_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v107_xA * v107_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v107_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v107_p = v107_r + v107_j
             v107_x = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1183,13 +1183,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1242,12 +1242,12 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -1279,13 +1279,13 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
         v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1314,12 +1314,12 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v92).to(DOT_DTYPE), (v48 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -1385,13 +1385,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1481,12 +1481,12 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -1518,13 +1518,13 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
         v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1640,13 +1640,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 6 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1692,12 +1692,12 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 6 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -1738,13 +1738,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
     v95_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v95_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 6 * C * HID + C * D + v95_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v95_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v95_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v95_xA = v94 * v95_A
     for v95_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v95_start = v95_k * BC
-        v95_B = tl.where(tl.arange(0, C)[:, None] < v95_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v95_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v95_B = tl.where(tl.arange(0, C)[:, None] < v95_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v95_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v95_rows = tl.where(tl.arange(0, C) // BC == v95_k, 1.0, 0.0)
-        v95 += v95_rows[:, None] * tl.dot((v95_xA).to(DOT_DTYPE), tl.trans((v69 * v95_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v95 += v95_rows[:, None] * tl.dot((v95_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v95_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v95_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v95_p = v95_r + v95_j
         v95_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -1774,13 +1774,13 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, D), DTYPE)
     v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v103_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 6 * C * HID + C * D + v103_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v103_yA = q * v103_A
+    v103_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v103_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v103_yA = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v103_A
     for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v103_start = v103_k * BC
         v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v103_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
         v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
-        v103 += v103_B * tl.dot(tl.trans((v102 * v103_rows[:, None])).to(DOT_DTYPE), (v103_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v103 += v103_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v103_rows[:, None])).to(DOT_DTYPE), (v103_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v103_p = v103_r + v103_j
         v103_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v103_p * C + tl.arange(0, C))
@@ -1908,13 +1908,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -1972,12 +1972,12 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -2010,13 +2010,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2032,13 +2032,13 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2181,13 +2181,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2246,12 +2246,12 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -2283,13 +2283,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
     v101_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v101_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v101_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v101_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v101_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v101_xA = v100 * v101_A
     for v101_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v101_start = v101_k * BC
-        v101_B = tl.where(tl.arange(0, C)[:, None] < v101_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v101_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v101_B = tl.where(tl.arange(0, C)[:, None] < v101_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v101_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v101_rows = tl.where(tl.arange(0, C) // BC == v101_k, 1.0, 0.0)
-        v101 += v101_rows[:, None] * tl.dot((v101_xA).to(DOT_DTYPE), tl.trans((v69 * v101_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v101 += v101_rows[:, None] * tl.dot((v101_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v101_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v101_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v101_p = v101_r + v101_j
         v101_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2342,13 +2342,13 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
     v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v102_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 10 * C * HID + C * D + v102_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v102_xA = v100 * v102_A
+    v102_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v102_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v102_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v102_A
     for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v102_start = v102_k * BC
         v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v102_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
-        v102 += v102_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v102_xA * v102_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 += v102_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v102_xA * v102_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v102_p = v102_r + v102_j
         v102_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2516,13 +2516,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2580,12 +2580,12 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -2618,13 +2618,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2640,13 +2640,13 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2792,13 +2792,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -2856,12 +2856,12 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -2894,13 +2894,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -2916,13 +2916,13 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3020,13 +3020,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3112,12 +3112,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -3243,13 +3243,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3302,12 +3302,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -3339,13 +3339,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
         v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3374,12 +3374,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v92).to(DOT_DTYPE), (v48 * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
@@ -3483,13 +3483,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, C), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(v41 - tl.load(scratch + 5 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v50_xA = q * v50_A
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - v42, 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((v49 * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
         v50_y = tl.load(scratch + 5 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3534,12 +3534,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v64 = tl.zeros((C, BV), DTYPE)
     v64_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v64_A = tl.exp(tl.minimum(v57 - tl.load(scratch + 5 * C * HID + C * D + v64_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v64_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v64_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v64_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v64_start = v64_k * BC
-        v64_B = tl.where(tl.arange(0, C)[:, None] < v64_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v64_start * BV + tl.arange(0, BV))[None, :] - v58, 0.0)), 0.0)
+        v64_B = tl.where(tl.arange(0, C)[:, None] < v64_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v64_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v64_rows = tl.where(tl.arange(0, C) // BC == v64_k, 1.0, 0.0)
-        v64 += v64_rows[:, None] * tl.dot((v62).to(DOT_DTYPE), (v63 * v64_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 += v64_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v64_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = v64 * v64_A
     for v64_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v64_p = v64_r + v64_j
@@ -3580,13 +3580,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v57 - tl.load(scratch + 5 * C * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v93_xA = v92 * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - v58, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((v63 * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
         v93_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3852,13 +3852,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v54 = tl.zeros((C, C), DTYPE)
     v54_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v54_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v54_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v54_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v54_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v54_xA = q * v54_A
     for v54_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v54_start = v54_k * BC
-        v54_B = tl.where(tl.arange(0, C)[:, None] < v54_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v54_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v54_B = tl.where(tl.arange(0, C)[:, None] < v54_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v54_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v54_rows = tl.where(tl.arange(0, C) // BC == v54_k, 1.0, 0.0)
-        v54 += v54_rows[:, None] * tl.dot((v54_xA).to(DOT_DTYPE), tl.trans((v53 * v54_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v54 += v54_rows[:, None] * tl.dot((v54_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v54_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v54_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v54_p = v54_r + v54_j
         v54_y = tl.load(scratch + 5 * C * HID + v54_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -3902,12 +3902,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, BV), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v68_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v68_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v68_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v68_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v66).to(DOT_DTYPE), (v67 * v68_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v68_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v68 = v68 * v68_A
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
@@ -3940,13 +3940,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v98 = tl.zeros((C, BV), DTYPE)
     v98_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v98_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v98_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v98_yA = v96 * v98_A
+    v98_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v98_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v98_yA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v98_A
     for v98_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v98_start = v98_k * BC
         v98_B = tl.where(tl.arange(0, C)[:, None] < v98_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v98_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
         v98_rows = tl.where(tl.arange(0, C) // BC == v98_k, 1.0, 0.0)
-        v98 += v98_B * tl.dot(tl.trans((v66 * v98_rows[:, None])).to(DOT_DTYPE), (v98_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v98 += v98_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v98_rows[:, None])).to(DOT_DTYPE), (v98_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v98_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v98_p = v98_r + v98_j
         v98_x = tl.load(scratch + 5 * C * HID + 2 * C * D + v98_p * C + tl.arange(0, C))
@@ -3960,13 +3960,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
     v97_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v97_A = tl.exp(tl.minimum(v61 - tl.load(scratch + 5 * C * HID + C * D + v97_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v97_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v97_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v97_xA = v96 * v97_A
     for v97_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v97_start = v97_k * BC
-        v97_B = tl.where(tl.arange(0, C)[:, None] < v97_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v97_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v97_B = tl.where(tl.arange(0, C)[:, None] < v97_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v97_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v97_rows = tl.where(tl.arange(0, C) // BC == v97_k, 1.0, 0.0)
-        v97 += v97_rows[:, None] * tl.dot((v97_xA).to(DOT_DTYPE), tl.trans((v67 * v97_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v97 += v97_rows[:, None] * tl.dot((v97_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v97_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v97_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v97_p = v97_r + v97_j
         v97_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -3996,13 +3996,13 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v108 = tl.zeros((C, D), DTYPE)
     v108_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v108_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v108_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v108_xA = q * v108_A
+    v108_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v108_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v108_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v108_A
     for v108_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v108_start = v108_k * BC
         v108_B = tl.where(tl.arange(0, C)[:, None] < v108_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v108_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
         v108_rows = tl.where(tl.arange(0, C) // BC == v108_k, 1.0, 0.0)
-        v108 += v108_B * tl.dot(tl.trans((v107)).to(DOT_DTYPE), (v108_xA * v108_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v108 += v108_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v108_xA * v108_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v108_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v108_p = v108_r + v108_j
         v108_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v108_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4132,13 +4132,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 3 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 3 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4181,12 +4181,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 3 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -4228,13 +4228,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 3 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v85_xA = v84 * v85_A
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
         v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_B * tl.dot(tl.trans((v61)).to(DOT_DTYPE), (v85_xA * v85_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_B * tl.dot(tl.trans((tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v85_xA * v85_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
         v85_x = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4339,13 +4339,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4398,12 +4398,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -4435,13 +4435,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((v62 * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
         v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4471,13 +4471,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v93_yA = q * v93_A
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_yA = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
         v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_B * tl.dot(tl.trans((v92 * v93_rows[:, None])).to(DOT_DTYPE), (v93_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v93_rows[:, None])).to(DOT_DTYPE), (v93_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
         v93_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v93_p * C + tl.arange(0, C))
@@ -4705,13 +4705,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -4769,12 +4769,12 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -4807,13 +4807,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4829,13 +4829,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -4981,13 +4981,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5045,12 +5045,12 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -5083,13 +5083,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5105,13 +5105,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5209,13 +5209,13 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(v40 - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((v48 * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
         v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5301,12 +5301,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(v56 - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v61).to(DOT_DTYPE), (v62 * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
@@ -5429,13 +5429,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5492,12 +5492,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -5530,13 +5530,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5552,13 +5552,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5704,13 +5704,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -5767,12 +5767,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -5805,13 +5805,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5827,13 +5827,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -5975,13 +5975,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6039,12 +6039,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -6077,13 +6077,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6099,13 +6099,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6293,13 +6293,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(v43 - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((v55 * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
         v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
@@ -6357,12 +6357,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((v68).to(DOT_DTYPE), (v69 * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
@@ -6395,13 +6395,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = v98 * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
         v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((v68)).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
         v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
@@ -6417,13 +6417,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(v63 - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((v69 * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
         v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
