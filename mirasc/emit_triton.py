@@ -189,11 +189,12 @@ def _elementwise(v: Value) -> list[str]:
 def staged_factors(v: Value) -> list[Value]:
     """The factors of an ir.DecayedProduct stored to the program's scratch memory (`stage`) for `decayed_product`:
     those it reads at another token's position (a partner's rows, or a (t, s) entry per row), and the log-decays a,
-    whose rows at the sub-chunks' starts are the anchors."""
+    whose rows at the sub-chunks' starts are the anchors. (Summed over the channel, the product's result is the (t, s)
+    tile and the mask is applied to it whole.)"""
     _, partner = _token_roles(v)
     x, y, a, b, mask = v.args
-    gathered = [z for z in (x, y, mask, b) if partner in z.axes and not (z is mask and _summed_axis(v) not in "ts")]
-    return [*gathered, a]
+    by_channel = _summed_axis(v) == ir.decay_channel(v)
+    return [z for z in (x, y, mask, b) if partner in z.axes and not (z is mask and by_channel)] + [a]
 
 
 def _summed_axis(v: Value) -> str:
