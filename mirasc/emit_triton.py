@@ -326,7 +326,7 @@ def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str) -> lis
               f"tl.exp(tl.minimum({anchor}[None, :] - {whole(b)}, 0.0)), 0.0)",
               f"    {nm}_rows = tl.where({pos} // BC == {nm}_k, 1.0, 0.0)",
               f"    {nm} += {product}"]
-    return lines + [f"{nm} = {nm} * {x}" for x in after]
+    return lines + [f"{nm} = {nm} * {factor}" for factor in after]
 
 
 def line(v: Value) -> list[str]:  # noqa: C901 - one case per op

@@ -92,12 +92,14 @@ class _Loop:
 
 @dataclass
 class Body:
-    """A chunk's lines, the axes of each value it keeps in scratch memory, in slot order, and the most register
-    tiles its schedule keeps live at once (mirasc.kernel_plan.peak_units)."""
+    """A chunk's lines, the axes of each value it keeps in scratch memory, in slot order, the most register tiles its
+    schedule keeps live at once (mirasc.kernel_plan.peak_units), and whether it makes channel-decay products (whose
+    sub-chunk BC the launcher chooses)."""
 
     lines: list[str]
     scratch: list[tuple[str, ...]]
     tiles: float = 0.0
+    products: bool = False
 
 
 def _segments(order: list[Value]) -> list[Value | _Loop]:
@@ -199,7 +201,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += ["    " + x for x in inside] + after
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
-    return Body(lines, [v.axes for v in kept], peak_units(graph, order))
+    products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
+    return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)
 
 
 def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:

@@ -15,7 +15,6 @@ factors of a channel-decay product go through the same scratch memory (mirasc.em
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from . import ir
@@ -69,12 +68,7 @@ class Kernel:
     # block writing its share of a sum over the value axis to its own copy of the output; "none": one block of D
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
-
-    @property
-    def sub_chunked(self) -> bool:
-        """Whether the kernel makes channel-decay products (mirasc.emit_triton.decayed_product), whose sub-chunk BC
-        the launcher chooses."""
-        return any(re.search(r"\bBC\b", line) for line in self.prologue + self.loop + self.epilogue)
+    sub_chunked: bool = False  # it makes channel-decay products (Body.products): the launcher chooses their BC
 
     @property
     def offsets(self) -> list[str]:
@@ -174,7 +168,7 @@ def _state_forward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_fwd_kernel", doc, "up", args + (["scratch_ptr"] if b.scratch else []),
                       [f"{s} = {load(f'{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads, loop,
                       [store(f"final_{s}_ptr", axes[s], "pid", s) for s in states], b.scratch,
-                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
+                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)
     # the state in memory: chunk c reads starts[c] and writes starts[c + 1] (the final state after the last chunk)
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
@@ -183,7 +177,7 @@ def _state_forward(a: _Assembler) -> Kernel:
     prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
-                  b.scratch, tiles=b.tiles)
+                  b.scratch, tiles=b.tiles, sub_chunked=b.products)
 
 
 def _copy_blocks(states: list[str], axes: dict, src: str, src_index: str, dst: str, dst_index: str) -> list[str]:
@@ -204,7 +198,7 @@ def _outputs(a: _Assembler) -> Kernel:
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and value_local(part) else "none",
-                  tiles=b.tiles)
+                  tiles=b.tiles, sub_chunked=b.products)
 
 
 def _state_backward(a: _Assembler) -> Kernel:
@@ -223,7 +217,7 @@ def _state_backward(a: _Assembler) -> Kernel:
         return Kernel("chunk_state_bwd_kernel", doc, "down", args + (["scratch_ptr"] if b.scratch else []),
                       [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
                       loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles)
+                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -234,7 +228,7 @@ def _state_backward(a: _Assembler) -> Kernel:
     prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
     return Kernel("chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
                   b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
-                  b.scratch, tiles=b.tiles)
+                  b.scratch, tiles=b.tiles, sub_chunked=b.products)
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:
@@ -268,7 +262,8 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             prologue = a.static_loads + [f"grad_block_ptr = grad_{n}_ptr + tl.program_id(2) * grad_block_stride"]
             out.append(Kernel(f"chunk_grad_{n}_{j}_bwd_kernel", f"term {j} of the gradient of one chunk's "
                               f"`{n}`", "chunk", args + (["scratch_ptr"] if b.scratch else []),
-                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks, tiles=b.tiles))
+                              prologue, b.lines + [grad], [], b.scratch, value_blocks=blocks, tiles=b.tiles,
+                              sub_chunked=b.products))
     return out
 
 
