@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" "triton==3.6.0" 2>&1 \
     | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,hf,train]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, triton, mirasc, lark, sympy, jinja2, opt_einsum, transformers, matplotlib" >/dev/null
+  .venv/bin/python -c "import torch, triton, mirasc, lark, sympy, jinja2, opt_einsum, transformers, matplotlib, xdist" >/dev/null
   touch "$stamp"
 fi
