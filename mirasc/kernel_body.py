@@ -29,7 +29,7 @@ from .emit_triton import (
     wide,
 )
 from .ir import Graph, Value
-from .kernel_plan import peak_units, schedule, summands
+from .kernel_plan import peak_units, schedule, summands, tile_units
 
 
 # ------------------------------------------------------------------------------------------------ memory access
@@ -152,6 +152,11 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     kept += list({same_tile(z).id: same_tile(z) for z in factors}.values())
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     slot.update({z.id: slot[same_tile(z).id] for z in factors})
+    parked = _parked(segments, set(out_of) | accumulated)
+    park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
+    for v in parked:
+        park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
+        kept.append(v)
     staged: set[int] = set()
 
     def fetch(v: Value, here: int) -> list[str]:
@@ -167,7 +172,10 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     if kept:  # the program's slot holds the blocks of these values one after another
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
                      f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
+    parking = _Parking(parked, park_slot)
     for j, seg in enumerate(segments):
+        reads = _segment_reads(seg)
+        parking.read_back(reads, lines)
         if not isinstance(seg, _Loop):
             if isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
@@ -176,6 +184,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                 lines += _decayed_product_lines(seg, slot, staged)
             elif seg.id not in accumulated:  # a shared accumulator is made in its terms' loop
                 lines += _with_hint(seg, line(seg))
+            parking.made([seg], reads, _heavy(seg), lines)
             continue
         before, inside, after, fetched = [], [], [], set()
         for v in seg.values:
@@ -201,8 +210,78 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += ["    " + x for x in inside] + after
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
+        parking.made(seg.values, reads, True, lines)
     products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
     return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)
+
+
+# ------------------------------------------------------------------------------------------------ parked tiles
+# A register tile made before a loop over the hidden blocks (or a channel-decay product, which loops over its
+# sub-chunks) and read only after it would hold its registers through the loop, where the loop's own tiles need
+# them: in an MLP memory's backward state pass, a dozen (C, D) tiles at once, and the compiler spills. Such a tile
+# is parked: stored to the program's scratch memory where it is made and read back before the next segment that
+# reads it. A tile read in a loop is read back before the loop and stays in registers through it. Inputs stay in
+# registers (in their own dtype: a bf16 tile takes half a fp32 one's registers): loading q, k, v and the gates again
+# from their tensors instead made Moneta's backward state pass spill 1,624 B where it spills 1,248 (D = 64, sm_90a).
+
+
+def _heavy(seg: Value | _Loop) -> bool:
+    """Whether a segment holds many tiles of its own while it runs: a hidden-block loop, a channel-decay product."""
+    return isinstance(seg, _Loop) or isinstance(seg.op, ir.DecayedProduct)
+
+
+def _segment_reads(seg: Value | _Loop) -> set[int]:
+    """The ids of the values a segment's lines read by name."""
+    values = seg.values if isinstance(seg, _Loop) else [seg]
+    return {a.id for u in values if not inlined(u) for a in _read(u)}
+
+
+def _parked(segments: list[Value | _Loop], excluded: set[int]) -> list[Value]:
+    """The register tiles a heavy segment that does not read them passes between their making and their last read,
+    in a kernel with hidden-block loops (excluded: outputs and shared accumulators, which the caller and their loops
+    hold)."""
+    if not any(isinstance(seg, _Loop) for seg in segments):
+        return []
+    reads = [_segment_reads(seg) for seg in segments]
+    out = []
+    for j, seg in enumerate(segments):
+        for v in seg.values if isinstance(seg, _Loop) else [seg]:
+            if wide(v) or inlined(v) or tile_units(v) == 0 or v.id in excluded or isinstance(v.op, ir.Input):
+                continue
+            last = max((k for k, r in enumerate(reads) if v.id in r), default=j)
+            if any(_heavy(segments[k]) and v.id not in reads[k] for k in range(j + 1, last)):
+                out.append(v)
+    return out
+
+
+class _Parking:
+    """Emits the stores and read-backs of the parked tiles, segment by segment."""
+
+    def __init__(self, parked: list[Value], slot: dict[int, str]):
+        self.parked = {v.id: v for v in parked}
+        self.slot = slot
+        self.held: set[int] = set()  # made, or read back, and not passed by a heavy segment since
+        self.made_ids: set[int] = set()
+        self.stored_at = -1  # the line after the last store of a parked tile
+
+    def read_back(self, reads: set[int], lines: list[str]) -> None:
+        back = [self.parked[i] for i in sorted(reads & self.made_ids - self.held)]
+        barrier = max((k for k, x in enumerate(lines) if x.startswith("tl.debug_barrier()")), default=-1)
+        if back and self.stored_at > barrier:
+            lines.append("tl.debug_barrier()  # parked tiles other threads stored")
+        for v in back:
+            lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
+        self.held |= {v.id for v in back}
+
+    def made(self, values: list[Value], reads: set[int], heavy: bool, lines: list[str]) -> None:
+        if heavy:  # what it did not read, it did not hold
+            self.held &= reads
+        for v in values:
+            if v.id in self.parked:
+                lines.append(f"tl.store({self.slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")
+                self.stored_at = len(lines)
+                self.held.add(v.id)
+                self.made_ids.add(v.id)
 
 
 def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:

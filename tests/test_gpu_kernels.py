@@ -282,3 +282,62 @@ def test_a_kernel_short_of_shared_memory_gets_a_smaller_hidden_block():
     with pytest.raises(OutOfResources):
         launch_fitting(threads, (1, 1, 1), (), {"BH": 32})
     assert threads.calls == [32]
+
+
+def _segments_at(kernel: str) -> list[list[str]]:
+    """The chunk body's statements at the indent of its hidden-block loops, a loop (or any block) as one segment."""
+    lines = kernel.splitlines()
+    first = next(ln for ln in lines if "for hb in range(0, HID, BH):  # the hidden axis" in ln)
+    indent = len(first) - len(first.lstrip())
+    start = lines.index(first)
+    while start > 0 and (len(lines[start - 1]) - len(lines[start - 1].lstrip()) >= indent or not lines[start - 1]):
+        start -= 1
+    segments: list[list[str]] = []
+    for ln in lines[start:]:
+        depth = len(ln) - len(ln.lstrip())
+        if ln.strip() and depth < indent:
+            break
+        if depth > indent and segments:
+            segments[-1].append(ln)
+        else:
+            segments.append([ln])
+    return segments
+
+
+@pytest.mark.parametrize("stem", ["moneta", "titans"])
+def test_tiles_do_not_wait_in_registers_through_a_loop(stem):
+    """A register tile read after a hidden-block loop (or channel-decay product) that does not read it is parked in
+    scratch memory, not held through the loop: in every kernel of the MLP memory, after a hidden-block loop that does
+    not mention a parked name, the name is read back (`# parked`) before it is read again; and every read-back from
+    scratch comes after a barrier that follows the last park store (other threads stored the tile)."""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    read_backs = 0
+    for kernel in generate_triton(load(stem)).split("@triton.jit")[1:]:
+        if "for hb in range" not in kernel:
+            continue
+        parked = set(re.findall(r"^\s+(\w+) = .*  # parked$", kernel, re.M))
+        read_backs += len(re.findall(r"  # parked$", kernel, re.M))
+        held = set()
+        stored_since_barrier = False
+        for seg in _segments_at(kernel):
+            # code only: comments and docstrings name values too
+            text = "\n".join(ln.split("  # ")[0] for ln in seg if not ln.strip().startswith('"""'))
+            head = seg[0].strip()
+            if head.startswith("tl.debug_barrier()"):
+                stored_since_barrier = False
+            if head.endswith("# park"):
+                stored_since_barrier = True
+            target = re.match(r"(\w+) = ", head)
+            if target and head.endswith("# parked") and "scratch" in head:
+                assert not stored_since_barrier, f"{stem}: {head[:60]} reads a tile with no barrier after its store"
+            for name in parked:
+                mentioned = re.search(rf"\b{name}\b", text) is not None
+                if target and target.group(1) == name and len(seg) == 1:
+                    held.add(name)
+                elif mentioned:
+                    assert name in held, f"{stem}: {name} read after a loop passed it, with no read-back: {head[:70]}"
+                elif head.startswith("for hb in"):  # a hidden-block loop that does not read it
+                    held.discard(name)
+    assert read_backs > 0, "no tile parked"

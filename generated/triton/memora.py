@@ -35,7 +35,10 @@ DESCRIPTION = {'spec': 'memora',
                                        ['o', 'h'],
                                        ['o'],
                                        ['o', 'h'],
-                                       ['t', 'h']],
+                                       ['t', 'h'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'i']],
                            'value_blocks': 'none',
                            'tiles': 9.0,
                            'sub_chunks': False},
@@ -53,7 +56,15 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
-                                     ['t', 's']],
+                                     ['t', 's'],
+                                     ['t', 'o'],
+                                     ['s', 'i'],
+                                     ['t', 'i'],
+                                     ['s', 'o'],
+                                     ['t', 'o'],
+                                     ['s', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True},
@@ -93,6 +104,30 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 's'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 29.5,
@@ -121,7 +156,20 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True},
@@ -141,7 +189,16 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True},
@@ -164,7 +221,20 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['t', 'i']],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 16.0,
                               'sub_chunks': True},
@@ -186,7 +256,26 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 19.0,
                               'sub_chunks': True},
@@ -213,6 +302,28 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0,
@@ -250,6 +361,30 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 29.5,
@@ -272,7 +407,26 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 19.0,
                               'sub_chunks': True},
@@ -305,6 +459,32 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 28.0,
@@ -332,7 +512,35 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
-                                                   ['t', 'i']],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 23.5,
                                        'sub_chunks': True},
@@ -367,6 +575,30 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 29.5,
@@ -392,7 +624,24 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'i']],
+                                                 ['t', 'i'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'i'],
+                                                 ['t', 'o'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 18.0,
                                      'sub_chunks': True},
@@ -425,6 +674,30 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'i'],
+                                                 ['t', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 28.5,
@@ -443,7 +716,15 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.0,
                                       'sub_chunks': True},
@@ -465,7 +746,27 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 20.0,
                                       'sub_chunks': True},
@@ -487,7 +788,27 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0,
                                       'sub_chunks': True},
@@ -509,7 +830,26 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0,
                                       'sub_chunks': True},
@@ -542,6 +882,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -575,6 +941,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -608,6 +1000,32 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -635,7 +1053,26 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o']],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'i']],
                                     'value_blocks': 'none',
                                     'tiles': 19.0,
                                     'sub_chunks': True},
@@ -668,6 +1105,32 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['s', 'o'],
                                                 ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'i'],
+                                                ['t', 'i'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 'o'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 28.0,
@@ -714,11 +1177,12 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64
+        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + 3 * C * D)  # v51, v19, v20, v109, v63, v58, v59, v60, v64, v93, v100, v105
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v93 = tl.cumsum(v92, axis=0, reverse=False)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
         v98 = tl.exp(v93)  # cumulative decay in the chunk
         v107 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v108 = tl.sum((v107), axis=0)
@@ -772,6 +1236,7 @@ def chunk_state_fwd_kernel(
         v44 = (v43 / (D))
         v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
         v94 = v93
@@ -779,8 +1244,10 @@ def chunk_state_fwd_kernel(
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
         v100 = (v97 * v99)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
         v101 = k
         v105 = (v100 * v101)
+        tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         v34 = v11
         v35 = v13
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -847,9 +1314,11 @@ def chunk_state_fwd_kernel(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v114 = v108
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v111 = v100
         v104 = v85
         v112 = (v111 * v104)
+        v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -910,7 +1379,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal, v85, v93, v92, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1024,9 +1493,11 @@ def chunk_out_fwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -1054,12 +1525,19 @@ def chunk_out_fwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
+    v93 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v106 = v90
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v107 = v91
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1081,6 +1559,9 @@ def chunk_out_fwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v106 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1102,7 +1583,11 @@ def chunk_out_fwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v92 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1110,7 +1595,10 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
+    v113 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1162,7 +1650,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v47, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v234, v236, v237, v214, v216, v218, v225, v238, v105, v93, v118, v119, causal, v155
+        scratch = scratch_ptr + slot * (5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 18 * C * BV)  # v51, v19, v20, v47, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v234, v236, v237, v214, v216, v218, v225, v238, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v165, v130, v138, v162
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
@@ -1216,16 +1704,22 @@ def chunk_state_bwd_kernel(
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
         v93 = tl.cumsum(v92, axis=0, reverse=False)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
         v98 = tl.exp(v93)  # cumulative decay in the chunk
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
         v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v101 = (q * v98)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
         v103 = k
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
         v105 = (v103 * v99)
         v94 = v93
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1246,8 +1740,11 @@ def chunk_state_bwd_kernel(
             v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
         v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
         v34 = v11
         v35 = v13
+        tl.debug_barrier()  # parked tiles other threads stored
+        v101 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
         v59_sum = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1300,6 +1797,7 @@ def chunk_state_bwd_kernel(
         v66 = tl.sum((v65), axis=1)
         v67 = (v66 / (D))
         v68 = (v65 - v67[:, None])
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
         v69 = (v68 * v68)
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
@@ -1307,6 +1805,7 @@ def chunk_state_bwd_kernel(
         v73 = k
         v74 = (v72 + v73)  # memory output M(x)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
         v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v78 = tl.sum((v77), axis=1)
@@ -1317,7 +1816,13 @@ def chunk_state_bwd_kernel(
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v98 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v110 = v98
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v111 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1341,12 +1846,25 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
             v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v112 = (v110 * v111)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
         v117 = v85
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v99 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v115 = v99
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
         v119 = (v117 * v115)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v113 = v93
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v114 = v94
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
         v118 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1354,6 +1872,11 @@ def chunk_state_bwd_kernel(
             v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v116 = tl.load(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v119 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1375,6 +1898,7 @@ def chunk_state_bwd_kernel(
             v120_b = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
+        v112 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v121 = (v112 - v120)
         v122 = tl.sum((v121), axis=1)
         v123 = (v122 / (D))
@@ -1393,7 +1917,9 @@ def chunk_state_bwd_kernel(
         v152 = tl.sum((v151), axis=1)
         v153 = (v152 / (D))
         v154 = (v150 + v153[:, None])
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
         v155 = ((-1.0) * v154)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v156 = tl.zeros((C, C), DTYPE)
         v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -1412,15 +1938,28 @@ def chunk_state_bwd_kernel(
             v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
         v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
+        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v154 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v165 = (v110 * v154)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
+        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+        v99 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
+        v103 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v143 = (v100 * v103)
         v130 = v100
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v117 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v139 = (v130 * v117)
+        v101 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v137 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1461,7 +2000,14 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
             v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v130 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v138 = (v130 * v137)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v118 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v155 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v157 = tl.zeros((C, BV), DTYPE)
@@ -1481,9 +2027,12 @@ def chunk_state_bwd_kernel(
             v157_a = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
+        v115 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v158 = (v115 * v157)
+        v138 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v161 = (v138 + v158)
         v162 = v161
+        tl.store(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
         v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1496,15 +2045,18 @@ def chunk_state_bwd_kernel(
             v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
+        v162 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = (v162 + v178)
         v180 = tl.sum((v179), axis=1)
         v181 = (v180 / (D))
         v182 = ((-1.0) * v181)
         v183 = (v179 + v182[:, None])
         v184 = (2.0 * v79[:, None] * v183)
+        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v185 = (2.0 * v68 * v183)
         v186 = tl.sum((v185), axis=1)
         v187 = (v186 / (D))
+        v75 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -1525,6 +2077,8 @@ def chunk_state_bwd_kernel(
         v205 = (v204 / (D))
         v206 = (v202 + v205[:, None])
         v131 = v129
+        v85 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v165 = tl.load(scratch + 5 * HID * D + 8 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v216 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1739,7 +2293,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v97, v101, v109, v102, v98, v90, v111, v112, causal, v142
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v97, v101, v109, v102, v98, v90, v111, v112, causal, v142, v85, v90, v92, v94, v93, v98, v91, v103, v105, v112, v106, v107, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -1854,17 +2408,24 @@ def chunk_grad_q_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v98)  # park
     v91 = v90
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1885,7 +2446,12 @@ def chunk_grad_q_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v92 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1910,12 +2476,23 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v102)
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     v110 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1923,6 +2500,10 @@ def chunk_grad_q_1_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1944,6 +2525,7 @@ def chunk_grad_q_1_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1962,6 +2544,7 @@ def chunk_grad_q_1_bwd_kernel(
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = ((-1.0) * v133)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
@@ -1981,6 +2564,8 @@ def chunk_grad_q_1_bwd_kernel(
         v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
     v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = (v103 * v133)
     v142 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1997,6 +2582,9 @@ def chunk_grad_q_1_bwd_kernel(
         v141 = ((-1.0) * v140)
         v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v143 = tl.zeros((C, D), DTYPE)
@@ -2054,7 +2642,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, v98, v90, v111, v112, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v101, v102, v109, v98, v90, v111, v112, causal, v85, v93, v92, v112, v106, v107, v113, v103, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2168,9 +2756,11 @@ def chunk_grad_q_2_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -2198,12 +2788,19 @@ def chunk_grad_q_2_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
+    v93 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v106 = v90
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v107 = v91
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2227,6 +2824,9 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v106 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2248,7 +2848,11 @@ def chunk_grad_q_2_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v92 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2256,7 +2860,10 @@ def chunk_grad_q_2_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
+    v113 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -2275,7 +2882,12 @@ def chunk_grad_q_2_bwd_kernel(
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = ((-1.0) * v133)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2294,6 +2906,8 @@ def chunk_grad_q_2_bwd_kernel(
         v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
     v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v103 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = (v103 * v133)
     v141 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2309,6 +2923,7 @@ def chunk_grad_q_2_bwd_kernel(
         v140 = (v139 * (0.5 + (0.5 * tl.math.erf(v140_c0)) + (v140_c0 * tl.exp(((-0.5) * (v101 * v101))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v141 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v92 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v142 = (v92 * v141)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v142.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2348,7 +2963,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, v105, v93, v118, v119, causal, v152, q
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v108, v109, v116, v105, v93, v118, v119, causal, v152, q, v85, v99, v93, v94, v98, v119, v113, v114, v120, v110, v143, v154, v100
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2462,15 +3077,19 @@ def chunk_grad_k_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v103 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v94 = v93
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2492,12 +3111,19 @@ def chunk_grad_k_0_bwd_kernel(
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v101 = (q * v98)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v113 = v93
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = v94
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2522,6 +3148,9 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2543,7 +3172,11 @@ def chunk_grad_k_0_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2551,7 +3184,10 @@ def chunk_grad_k_0_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2570,7 +3206,12 @@ def chunk_grad_k_0_bwd_kernel(
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
     v143 = (v139 + v142[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v144 = ((-1.0) * v143)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
     v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2589,6 +3230,8 @@ def chunk_grad_k_0_bwd_kernel(
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (v110 * v143)
     v152 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2605,6 +3248,8 @@ def chunk_grad_k_0_bwd_kernel(
         v151 = ((-1.0) * v150)
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2625,12 +3270,15 @@ def chunk_grad_k_0_bwd_kernel(
         v153_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v153_p[:, None] * D + tl.arange(0, D)[None, :])
         v153 += v153_x[:, None] * v153_y * v153_m[:, None] * tl.exp(tl.minimum(v153_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v154 = (v99 * v153)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v154)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v132 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2639,7 +3287,10 @@ def chunk_grad_k_0_bwd_kernel(
         v131 = ((-1.0) * d_new_w1)
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v132 += tl.dot(v104.to(DOT_DTYPE), v131.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v133 = (v100 * v132)
+    v154 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = (v133 + v154)
     v156 = v155
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2680,7 +3331,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2778,6 +3429,7 @@ def chunk_grad_k_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -2785,14 +3437,19 @@ def chunk_grad_k_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2804,14 +3461,26 @@ def chunk_grad_k_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2832,6 +3501,9 @@ def chunk_grad_k_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -2846,6 +3518,7 @@ def chunk_grad_k_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2866,11 +3539,22 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2878,6 +3562,10 @@ def chunk_grad_k_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2899,6 +3587,7 @@ def chunk_grad_k_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -2917,6 +3606,7 @@ def chunk_grad_k_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2937,10 +3627,19 @@ def chunk_grad_k_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2959,7 +3658,11 @@ def chunk_grad_k_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2983,11 +3686,13 @@ def chunk_grad_k_1_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -3033,7 +3738,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, v105, v93, v118, v119, causal, v150
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v167, v168, v159, v105, v93, v118, v119, causal, v150, v68, v75, v85, v93, v94, v99, v100, v138, v106, v110, v112, v117, v115, v119, v113, v114, v118, v149, v150, v128, v134, v157
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -3131,6 +3836,7 @@ def chunk_grad_k_2_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -3138,6 +3844,7 @@ def chunk_grad_k_2_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -3148,19 +3855,25 @@ def chunk_grad_k_2_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v103 = k
     v138 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v138)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = (v103 * v99)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
@@ -3183,9 +3896,14 @@ def chunk_grad_k_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3214,12 +3932,25 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3227,6 +3958,11 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3248,6 +3984,7 @@ def chunk_grad_k_2_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3266,7 +4003,9 @@ def chunk_grad_k_2_bwd_kernel(
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (v145 + v148[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
     v150 = ((-1.0) * v149)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v150)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v151 = tl.zeros((C, C), DTYPE)
     v151_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3285,9 +4024,16 @@ def chunk_grad_k_2_bwd_kernel(
         v151 += tl.where(tl.arange(0, C)[None, :] == v151_p[:, None], v151_d[:, None], 0.0)
     v151 = v151 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v149 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v110 * v149)
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v135 = (v128 * v117)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3324,7 +4070,14 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v159)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v150 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, BV), DTYPE)
@@ -3344,9 +4097,12 @@ def chunk_grad_k_2_bwd_kernel(
         v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v152_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v115 * v152)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v156 = (v134 + v153)
     v157 = v156
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
     v170 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3357,15 +4113,19 @@ def chunk_grad_k_2_bwd_kernel(
         v169 = (v167 * (0.5 + (0.5 * tl.math.erf(v169_c0)) + (v169_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v170 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v157 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v171 = (v157 + v170)
     v172 = tl.sum((v171), axis=1)
     v173 = (v172 / (D))
     v174 = ((-1.0) * v173)
     v175 = (v171 + v174[:, None])
     v176 = (2.0 * v79[:, None] * v175)
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v177 = (2.0 * v68 * v175)
     v178 = tl.sum((v177), axis=1)
     v179 = (v178 / (D))
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v180 = ((-0.5) * ln_weight[None, :] * v75 * v179[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v183 = ((-0.5) * v68 * ln_weight[None, :] * v179[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v186 = (ln_weight[None, :] * v175 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -3438,7 +4198,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v47, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v230, v214, v216, v219, v232, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 18 * C * BV)  # v19, v20, v47, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v230, v214, v216, v219, v232, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v165, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3489,16 +4249,22 @@ def chunk_grad_k_3_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3519,8 +4285,11 @@ def chunk_grad_k_3_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3576,6 +4345,7 @@ def chunk_grad_k_3_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -3583,6 +4353,7 @@ def chunk_grad_k_3_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -3593,7 +4364,13 @@ def chunk_grad_k_3_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3617,12 +4394,25 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3630,6 +4420,11 @@ def chunk_grad_k_3_bwd_kernel(
         v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3651,6 +4446,7 @@ def chunk_grad_k_3_bwd_kernel(
         v120_b = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3669,7 +4465,9 @@ def chunk_grad_k_3_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3688,15 +4486,28 @@ def chunk_grad_k_3_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    v103 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
     v130 = v100
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3737,7 +4548,14 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -3757,9 +4575,12 @@ def chunk_grad_k_3_bwd_kernel(
         v157_a = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3772,15 +4593,18 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
+    v162 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -3801,6 +4625,8 @@ def chunk_grad_k_3_bwd_kernel(
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
     v131 = v129
+    v85 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 6 * HID + 4 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((D,), DTYPE)
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3963,7 +4789,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -4061,6 +4887,7 @@ def chunk_grad_v_0_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -4068,14 +4895,19 @@ def chunk_grad_v_0_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4087,14 +4919,26 @@ def chunk_grad_v_0_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4115,6 +4959,9 @@ def chunk_grad_v_0_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -4129,6 +4976,7 @@ def chunk_grad_v_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4149,11 +4997,22 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4161,6 +5020,10 @@ def chunk_grad_v_0_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4182,6 +5045,7 @@ def chunk_grad_v_0_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4200,6 +5064,7 @@ def chunk_grad_v_0_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4220,10 +5085,19 @@ def chunk_grad_v_0_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4242,7 +5116,11 @@ def chunk_grad_v_0_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4266,11 +5144,13 @@ def chunk_grad_v_0_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -4316,7 +5196,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4369,17 +5249,23 @@ def chunk_grad_v_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4400,6 +5286,9 @@ def chunk_grad_v_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4453,6 +5342,7 @@ def chunk_grad_v_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -4460,6 +5350,7 @@ def chunk_grad_v_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -4470,7 +5361,13 @@ def chunk_grad_v_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4491,12 +5388,25 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4507,6 +5417,11 @@ def chunk_grad_v_1_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4528,6 +5443,7 @@ def chunk_grad_v_1_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4546,14 +5462,25 @@ def chunk_grad_v_1_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4572,7 +5499,16 @@ def chunk_grad_v_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4608,7 +5544,14 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -4628,9 +5571,12 @@ def chunk_grad_v_1_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4638,15 +5584,19 @@ def chunk_grad_v_1_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -4682,7 +5632,11 @@ def chunk_grad_v_1_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4787,15 +5741,19 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v100, v63, v58, v59, v60, v64, v102, v106, v107, v114, v166, v103, v93, v116, v117, causal, v168, v153, q
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 6 * C * C + 11 * C * BV)  # v51, v19, v20, v54, v100, v63, v58, v59, v60, v64, v102, v106, v107, v114, v166, v103, v93, v116, v117, causal, v168, v153, q, v61, v93, v108, v99, v101, v98, v103, v94, v104, v109, v110, v115, v117, v111, v112, v116, v152, v153, v160, v168, v170, v140, v164, v178, v135, v176, v182, v159
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v97 = tl.exp(v93)  # cumulative decay in the chunk
     v108 = v97
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v108)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v99 = (q * v97)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v99)  # park
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4846,10 +5804,16 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v101 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v98 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v98)  # park
     v103 = (v101 * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4870,8 +5834,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v104 += tl.where(tl.arange(0, C)[None, :] == v104_p[:, None], v104_d[:, None], 0.0)
     v104 = v104 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v104)  # park
     v34 = v11
     v35 = v13
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4936,6 +5903,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v104 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v109 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4956,12 +5924,26 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
         v109 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = (v108 * v109)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v115 = v85
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = v98
     v117 = (v115 * v113)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v112 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v116 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4972,6 +5954,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v116)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4993,6 +5980,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v118_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v118_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v118 += v118_x[:, None] * v118_y * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v119 = (v110 - v118)
     v120 = tl.sum((v119), axis=1)
     v121 = (v120 / (D))
@@ -5011,9 +5999,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v150 = tl.sum((v149), axis=1)
     v151 = (v150 / (D))
     v152 = (v148 + v151[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
     v153 = ((-1.0) * v152)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
     v155 = (v153 * v118)
     v160 = v155
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, C), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5032,6 +6023,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v154 += tl.where(tl.arange(0, C)[None, :] == v154_p[:, None], v154_d[:, None], 0.0)
     v154 = v154 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v161 = (v108 * v152)
     v168 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5050,6 +6043,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v168)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v168)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v169 = tl.zeros((C, D), DTYPE)
@@ -5070,6 +6068,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v169 += v169_x * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v170 = (q * v169)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v170)  # park
     v131 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5089,8 +6088,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v138 += tl.sum((v137), axis=0)
     v139 = (v132 + v138)
     v140 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v139[None, :])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v140)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v163 = (v152 * v109)
     v164 = v163
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v164)  # park
     v173 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5099,8 +6103,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v166 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v173 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v174 = (q * v173)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v140 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v164 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v177 = (v140 + v164 + v174)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v178 = (v177 * tl.exp(v93))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v178)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
@@ -5112,8 +6121,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v129 = ((-1.0) * d_new_w2)
         v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v133 += tl.dot(v114.to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v115 * v133)
     v135 = v134
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :], v135)  # park
     v141 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5122,12 +6134,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v136 = ((-1.0) * d_new_w1)
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v141 += tl.dot(v102.to(DOT_DTYPE), v136.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v142 = (v101 * v141)
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v175 = (v135 + v142)
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v176 = (v98 * v175)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :], v176)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v179 = (v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
     v180 = tl.sum((v179), axis=0)
     v182 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :], v182)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v153 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, BV), DTYPE)
@@ -5147,8 +6172,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v156_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v156 += v156_x[:, None] * v156_y * v156_m[:, None] * tl.exp(tl.minimum(v156_a - v112, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v157 = ((-1.0) * v117 * v156)
     v159 = v157
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v168 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v171 = tl.zeros((C, D), DTYPE)
@@ -5168,12 +6199,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v171_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v171_p[:, None] * D + tl.arange(0, D)[None, :])
         v171 += v171_x * v171_y[:, None] * v171_m[:, None] * tl.exp(tl.minimum(v171_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v172 = ((-1.0) * v103 * v171)
+    v176 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v181 = ((-1.0) * v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
+    v159 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v183 = (v159 + v172 + v181)
     v184 = v183
+    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v170 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v178 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v182 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v185 = (v160 + v170 + v178 + v182 + v184)
     v186 = tl.cumsum(v185, axis=0, reverse=True)
+    v61 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v187 = (v186 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
     v188 = (v187 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v188.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5214,7 +6253,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v50, v51, v19, v20, v52, v53, v142, v102, v63, v56, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 18 * C * BV)  # v50, v51, v19, v20, v52, v53, v142, v102, v63, v56, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v165, v130, v138, v162
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -5269,16 +6308,22 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5299,8 +6344,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5353,6 +6401,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -5360,6 +6409,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -5370,7 +6420,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5394,12 +6450,25 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5407,6 +6476,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5428,6 +6502,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v120_b = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -5446,7 +6521,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5465,15 +6542,28 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    v103 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
     v130 = v100
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5514,7 +6604,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -5534,9 +6631,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v157_a = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5549,15 +6649,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
+    v162 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -5578,6 +6681,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
     v131 = v129
+    v85 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 5 * HID * D + 3 * HID + 11 * C * HID + 4 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v228 = tl.zeros((D,), DTYPE)
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5673,7 +6778,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, v104, v93, v117, v118, causal, v147, v158, q
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 12 * C * D + 3 * C * C + 10 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v103, v107, v108, v115, v104, v93, v117, v118, causal, v147, v158, q, v85, v116, v93, v109, v100, v102, v99, v94, v111, v118, v112, v113, v146, v152, v160, v97, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -5788,19 +6893,27 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v116 = v85
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v116)  # park
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v109 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v100 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v100)  # park
     v102 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v102)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v104 = (v102 * v99)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5821,6 +6934,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v105 += tl.where(tl.arange(0, C)[None, :] == v105_p[:, None], v105_d[:, None], 0.0)
     v105 = v105 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5842,11 +6957,23 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v108)
         v110 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v111 = (v109 * v110)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v99
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v118 = (v116 * v114)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v112 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v113)  # park
     v117 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5857,6 +6984,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5878,6 +7008,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v119_b = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v119_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v119 += v119_x[:, None] * v119_y * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (v111 - v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
@@ -5896,6 +7027,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v144 = tl.sum((v143), axis=1)
     v145 = (v144 / (D))
     v146 = (v142 + v145[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = ((-1.0) * v146)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5916,8 +7048,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v149 += v149_x * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a - v113, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v150 = (v116 * v149)
     v152 = v150
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v152)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v148 = tl.zeros((C, C), DTYPE)
     v148_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5936,6 +7072,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v148 += tl.where(tl.arange(0, C)[None, :] == v148_p[:, None], v148_d[:, None], 0.0)
     v148 = v148 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = (v109 * v146)
     v158 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5952,6 +7090,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v157 = ((-1.0) * v156)
         v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5972,11 +7112,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v159_a = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + C * D + v159_p[:, None] * D + tl.arange(0, D)[None, :])
         v159 += v159_x[:, None] * v159_y * v159_m[:, None] * tl.exp(tl.minimum(v159_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v160 = (v102 * v159)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v160)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v131 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5985,8 +7128,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v130 = ((-1.0) * d_new_w2)
         v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.dot(v115.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v116 * v131)
     v133 = v132
+    tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 11 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v133)  # park
     v135 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5995,9 +7141,15 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v134 = ((-1.0) * d_new_w1)
         v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v103.to(DOT_DTYPE), v134.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v102 * v135)
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 11 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v161 = (v133 + v136)
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v97 * v161)
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v163 = (v152 + v160 + v162)
     v164 = v163
     v165 = (v164 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -6039,7 +7191,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 18 * C * BV)  # v19, v20, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v174, v173, v175, v164, v176, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v165, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6090,16 +7242,22 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6120,8 +7278,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6176,6 +7337,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -6183,6 +7345,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -6193,7 +7356,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6217,12 +7386,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6230,6 +7412,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6251,6 +7438,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v120_b = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -6269,7 +7457,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6288,15 +7478,28 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    v103 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
     v130 = v100
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v117 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6337,7 +7540,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -6357,9 +7567,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v157_a = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6372,15 +7585,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
+    v162 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -6401,6 +7617,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
     v131 = v129
+    v85 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 4 * HID + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v228 = tl.zeros((D,), DTYPE)
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6496,7 +7714,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v102, v98, v90, v111, v112, causal, v85, v93, v92, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6610,9 +7828,11 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
@@ -6640,12 +7860,19 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v92 = tl.exp(v90)  # cumulative decay in the chunk
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
+    v93 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v106 = v90
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     v107 = v91
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6667,6 +7894,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v106 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6688,7 +7918,11 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v92 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
+    tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6696,7 +7930,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
+    v113 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -6745,7 +7982,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -6843,6 +8080,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -6850,18 +8088,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6873,14 +8117,26 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6901,7 +8157,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -6911,6 +8171,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6931,11 +8192,22 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6943,6 +8215,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6964,6 +8240,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -6982,6 +8259,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7002,10 +8280,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7024,7 +8311,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7048,14 +8339,17 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v173 = ((-0.5) * v68 * v75 * v172[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v174 = tl.sum((v173), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v174.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -7096,7 +8390,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -7194,6 +8488,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -7201,18 +8496,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7224,14 +8525,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7252,7 +8565,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -7262,6 +8579,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7282,11 +8600,22 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7294,6 +8623,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7315,6 +8648,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -7333,6 +8667,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7353,10 +8688,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7375,7 +8719,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7399,11 +8747,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (v75 * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v171 = tl.sum((v170), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v171.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -7444,7 +8794,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -7542,6 +8892,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -7549,14 +8900,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7568,14 +8924,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7596,6 +8964,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -7610,6 +8981,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7630,11 +9002,22 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7642,6 +9025,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7663,6 +9050,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -7681,6 +9069,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7701,10 +9090,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7723,7 +9121,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7747,11 +9149,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -7798,7 +9202,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7851,17 +9255,23 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7882,6 +9292,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7935,6 +9348,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -7942,6 +9356,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -7952,7 +9367,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7973,12 +9394,25 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7989,6 +9423,11 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8010,6 +9449,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8028,14 +9468,25 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8054,7 +9505,16 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8090,7 +9550,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -8110,9 +9577,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8120,15 +9590,19 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -8164,7 +9638,11 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8265,7 +9743,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8318,17 +9796,23 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8349,6 +9833,9 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8402,6 +9889,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -8409,6 +9897,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -8419,7 +9908,13 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8440,12 +9935,25 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8456,6 +9964,11 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8477,6 +9990,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8495,14 +10009,25 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8521,7 +10046,16 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8557,7 +10091,14 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -8577,9 +10118,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8587,15 +10131,19 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -8631,7 +10179,11 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8729,7 +10281,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8782,17 +10334,23 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8813,6 +10371,9 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8866,6 +10427,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -8873,6 +10435,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -8883,7 +10446,13 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8904,12 +10473,25 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8920,6 +10502,11 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8941,6 +10528,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8959,14 +10547,25 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8985,7 +10584,16 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9021,7 +10629,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -9041,9 +10656,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9051,15 +10669,19 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -9095,7 +10717,11 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9238,7 +10864,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v108, v109, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v112, v119, v113, v114, v147, v154, v136
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -9336,6 +10962,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -9343,14 +10970,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9362,14 +10994,26 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9390,6 +11034,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
@@ -9404,6 +11051,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9424,11 +11072,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9436,6 +11095,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -9457,6 +11120,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -9475,6 +11139,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9495,10 +11160,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -9517,7 +11191,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9541,11 +11219,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v163_c0 = (0.5 * v63 * tl.full((), 1.4142135623730951, DTYPE))
         v163 = (v162 * (0.5 + (0.5 * tl.math.erf(v163_c0)) + (v163_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -9591,7 +11271,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v169, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9644,17 +11324,23 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     v94 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9675,6 +11361,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9728,6 +11417,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -9735,6 +11425,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
@@ -9745,7 +11436,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9766,12 +11463,25 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v117 = v85
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9782,6 +11492,11 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -9803,6 +11518,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -9821,14 +11537,25 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v155 = ((-1.0) * v154)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -9847,7 +11574,16 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9883,7 +11619,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v135)
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -9903,9 +11646,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9913,15 +11659,19 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
     v184 = (2.0 * v79[:, None] * v183)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
@@ -9957,7 +11707,11 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
+    v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 10 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

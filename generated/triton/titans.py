@@ -33,7 +33,7 @@ DESCRIPTION = {'spec': 'titans',
                            'tiles': 7.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o'], ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False},
@@ -53,7 +53,20 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h']],
+                                       ['t', 'h'],
+                                       ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'u'],
+                                       ['t', 's'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 22.0,
                            'sub_chunks': False},
@@ -68,17 +81,32 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False},
              'grad_q_3_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False},
@@ -88,12 +116,27 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['s', 'u'],
+                                          ['t', 's'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'u'],
+                                          ['t', 's'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 12.5,
                               'sub_chunks': False},
@@ -108,17 +151,45 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'u'],
+                                          ['t', 's'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 12.5,
                               'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['s', 'u'],
+                                          ['t', 's'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.5,
                               'sub_chunks': False},
@@ -127,12 +198,15 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 9.0,
                                        'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['t', 'h']],
+                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
                                        'sub_chunks': False},
@@ -143,7 +217,15 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['t', 'o'],
+                                                   ['s', 'u'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 12.5,
                                        'sub_chunks': False},
@@ -153,12 +235,22 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h']],
+                                                   ['t', 'h'],
+                                                   ['s', 'u'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'u'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 13.5,
                                        'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h']],
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -168,7 +260,16 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']],
+                                                 ['s', 'h'],
+                                                 ['t', 'o'],
+                                                 ['t', 'u'],
+                                                 ['t', 's'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['s', 'u']],
                                      'value_blocks': 'none',
                                      'tiles': 11.5,
                                      'sub_chunks': False},
@@ -177,12 +278,16 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'o'],
+                                                   ['t', 'u'],
+                                                   ['t', 's'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': False},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['s', 'h']],
+                                       'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
                                        'sub_chunks': False},
@@ -192,7 +297,16 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'o'],
+                                                   ['t', 'u'],
+                                                   ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
                                        'sub_chunks': False},
@@ -202,27 +316,76 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h']],
+                                                   ['s', 'h'],
+                                                   ['t', 'o'],
+                                                   ['t', 'u'],
+                                                   ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
                                        'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 's'],
+                                                  ['t', 's'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 8.0,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'u'],
+                                                  ['t', 's'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
                                       'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'u'],
+                                                  ['t', 's'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5,
                                       'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'u'],
+                                                  ['t', 's'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5,
                                       'sub_chunks': False},
@@ -232,7 +395,18 @@ DESCRIPTION = {'spec': 'titans',
                                     'tiles': 1.0,
                                     'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                    'scratch': [['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'u'],
+                                                ['t', 's'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 12.5,
                                     'sub_chunks': False}},
@@ -429,7 +603,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v12, v13, v68
+    scratch = scratch_ptr + slot * (3 * C * HID + C * BV + C * C)  # v12, v13, v68, v35, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -465,6 +639,7 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -478,6 +653,7 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -523,7 +699,9 @@ def chunk_out_fwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = tl.load(scratch + 3 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
+    v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -579,7 +757,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 14 * C * HID)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v159, v165, v163, v166, v151, v167
+        scratch = scratch_ptr + slot * (2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 7 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v159, v165, v163, v166, v151, v167, v70, v72, v75, v61, v62, v78, v18, v25, v35, v88, v141, v144, v149
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -588,6 +766,7 @@ def chunk_state_bwd_kernel(
         v100 = tl.sum((v99), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v70 = (q * v49[:, None])
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + offs_t[:, None] * D + offs_i[None, :], v70)  # park
         v44 = v43
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -598,15 +777,20 @@ def chunk_state_bwd_kernel(
         v64 = (v59 * v63[None, :])
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v75 = k
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v75)  # park
         v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
         v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v61)  # park
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
         v78 = (v77 * v62)
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
         v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -631,6 +815,7 @@ def chunk_state_bwd_kernel(
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
@@ -639,6 +824,7 @@ def chunk_state_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -649,7 +835,11 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         v88 = v35
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v78 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v86 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -686,7 +876,9 @@ def chunk_state_bwd_kernel(
             v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v62 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v90 = (v89 * v62)
+        v88 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
         v93 = tl.sum((v92), axis=1)
@@ -706,6 +898,7 @@ def chunk_state_bwd_kernel(
         v139 = tl.sum((v138), axis=1)
         v140 = (v139 / (D))
         v141 = (v137 + v140[:, None])
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = ((-1.0) * v141)
         v143 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v145 = (v62 * v143)
@@ -716,17 +909,24 @@ def chunk_state_bwd_kernel(
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v69 = (v57 * v50)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v75 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v125 = (v75 * v69[:, None])
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v66 = v48
+        v61 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
         v67 = (v61 * v66[None, :])
         v68 = tl.sum((v67), axis=1)
         v130 = (v75 * v68[:, None])
         v114 = (v88 * v69[:, None])
         v121 = (v88 * v68[:, None])
         v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v70 = tl.load(scratch + 2 * HID * D + 14 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v78 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v113 = tl.zeros((C, BV), DTYPE)
         v120 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -780,8 +980,10 @@ def chunk_state_bwd_kernel(
             v119 = (v87 * v68[:, None])
             v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v144 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v148 = (v113 + v120 + v144)
         v149 = v148
+        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
         v169 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -794,15 +996,18 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
+        v149 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v170 = (v149 + v169)
         v171 = tl.sum((v170), axis=1)
         v172 = (v171 / (D))
         v173 = ((-1.0) * v172)
         v174 = (v170 + v173[:, None])
         v175 = (2.0 * v29[:, None] * v174)
+        v18 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v176 = (2.0 * v18 * v174)
         v177 = tl.sum((v176), axis=1)
         v178 = (v177 / (D))
+        v25 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = ((-0.5) * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v182 = ((-0.5) * v18 * ln_weight[None, :] * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v185 = (ln_weight[None, :] * v174 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
@@ -826,6 +1031,9 @@ def chunk_state_bwd_kernel(
         v104 = tl.sum((v103), axis=0)
         v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v102 = tl.sum((v101), axis=0)
+        v35 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 2 * HID * D + 14 * C * HID + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v141 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -951,7 +1159,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v13, v63, v67, v68, v74
+    scratch = scratch_ptr + slot * (6 * C * HID + C * BV + C * C + C * D)  # v12, v13, v63, v67, v68, v74, v35, v53, v62
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -987,6 +1195,7 @@ def chunk_grad_q_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1000,8 +1209,10 @@ def chunk_grad_q_1_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
@@ -1049,7 +1260,9 @@ def chunk_grad_q_1_bwd_kernel(
         v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v53 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
+    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1092,7 +1305,9 @@ def chunk_grad_q_1_bwd_kernel(
         v111 = ((-1.0) * v110)
         v63 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v53 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v113 = (v53 * v112)
+    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1132,7 +1347,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v67, v68, v74
+    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C)  # v12, v13, v67, v68, v74, v35, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1168,6 +1383,7 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1181,6 +1397,7 @@ def chunk_grad_q_2_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1229,7 +1446,9 @@ def chunk_grad_q_2_bwd_kernel(
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1310,7 +1529,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v67, v68, v74
+    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C)  # v12, v13, v67, v68, v74, v35, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1346,6 +1565,7 @@ def chunk_grad_q_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1359,6 +1579,7 @@ def chunk_grad_q_3_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1407,7 +1628,9 @@ def chunk_grad_q_3_bwd_kernel(
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1488,7 +1711,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v13, v76, v80, v81, v87
+    scratch = scratch_ptr + slot * (6 * C * HID + C * BV + 2 * C * C + C * D)  # v12, v13, v76, v80, v81, v87, v35, v61, v62, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1524,6 +1747,7 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1536,7 +1760,9 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1586,7 +1812,9 @@ def chunk_grad_k_0_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -1629,8 +1857,10 @@ def chunk_grad_k_0_bwd_kernel(
         v130 = ((-1.0) * v129)
         v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v132 = (v62 * v131)
     v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v133)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -1640,6 +1870,8 @@ def chunk_grad_k_0_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v106 = tl.zeros((C, D), DTYPE)
@@ -1656,6 +1888,7 @@ def chunk_grad_k_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w1)
         v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v133 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v134 = (v106 + v109 + v133)
     v135 = v134
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1696,7 +1929,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1714,6 +1947,7 @@ def chunk_grad_k_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1732,6 +1966,7 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1744,11 +1979,15 @@ def chunk_grad_k_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -1793,7 +2032,9 @@ def chunk_grad_k_1_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -1824,8 +2065,10 @@ def chunk_grad_k_1_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -1833,6 +2076,9 @@ def chunk_grad_k_1_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -1871,6 +2117,7 @@ def chunk_grad_k_1_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -1878,6 +2125,7 @@ def chunk_grad_k_1_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -1923,7 +2171,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID)  # v12, v13, v36, v116, v119, v80, v87, v81, v149, v150, v139
+    scratch = scratch_ptr + slot * (11 * C * HID + 5 * C * BV + 2 * C * C)  # v12, v13, v36, v116, v119, v80, v87, v81, v149, v150, v139, v18, v25, v62, v78, v88, v132, v137
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1941,6 +2189,7 @@ def chunk_grad_k_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1949,6 +2198,7 @@ def chunk_grad_k_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -1988,7 +2238,9 @@ def chunk_grad_k_2_bwd_kernel(
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     v78 = (v77 * v62)
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
     v58 = tl.exp(v52)  # cumulative decay in the chunk
@@ -1997,6 +2249,7 @@ def chunk_grad_k_2_bwd_kernel(
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
     v88 = v35
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v86 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2043,7 +2296,9 @@ def chunk_grad_k_2_bwd_kernel(
         v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.load(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v88 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -2071,6 +2326,9 @@ def chunk_grad_k_2_bwd_kernel(
     v107 = (v88 * v69[:, None])
     v112 = (v88 * v68[:, None])
     v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2117,8 +2375,10 @@ def chunk_grad_k_2_bwd_kernel(
         v110 = (v87 * v68[:, None])
         v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v132 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v106 + v111 + v132)
     v137 = v136
+    tl.store(scratch + 11 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
     v152 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2129,15 +2389,19 @@ def chunk_grad_k_2_bwd_kernel(
         v151 = (v149 * (0.5 + (0.5 * tl.math.erf(v151_c0)) + (v151_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v137 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = (v137 + v152)
     v154 = tl.sum((v153), axis=1)
     v155 = (v154 / (D))
     v156 = ((-1.0) * v155)
     v157 = (v153 + v156[:, None])
     v158 = (2.0 * v29[:, None] * v157)
+    v18 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v159 = (2.0 * v18 * v157)
     v160 = tl.sum((v159), axis=1)
     v161 = (v160 / (D))
+    v25 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
@@ -2210,7 +2474,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2228,6 +2492,7 @@ def chunk_grad_v_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -2246,6 +2511,7 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -2258,11 +2524,15 @@ def chunk_grad_v_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -2307,7 +2577,9 @@ def chunk_grad_v_0_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -2338,8 +2610,10 @@ def chunk_grad_v_0_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -2347,6 +2621,9 @@ def chunk_grad_v_0_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -2385,6 +2662,7 @@ def chunk_grad_v_0_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -2392,6 +2670,7 @@ def chunk_grad_v_0_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -2435,7 +2714,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2471,6 +2750,7 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -2483,11 +2763,15 @@ def chunk_grad_v_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -2532,7 +2816,9 @@ def chunk_grad_v_1_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -2563,8 +2849,10 @@ def chunk_grad_v_1_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -2572,6 +2860,9 @@ def chunk_grad_v_1_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -2610,6 +2901,7 @@ def chunk_grad_v_1_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -2657,7 +2949,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v68, v69, v75
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + C * C)  # v12, v13, v68, v69, v75, v35, v54, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2693,6 +2985,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
@@ -2706,6 +2999,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -2754,7 +3048,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v54 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -2775,6 +3071,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v110 = (v54 * v109)
@@ -2801,6 +3098,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v123 += tl.sum((v122), axis=1)
         v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v107 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v107 * v116)
     v118 = tl.sum((v117), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -2858,7 +3157,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v12, v13
+    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v13, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2896,6 +3195,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v57 = v35
     v54 = k
+    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v66 = tl.zeros((C,), DTYPE)
     v68 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2917,6 +3217,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v67 = ((-1.0) * d_new_w1)
         v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v54 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v66 + v70)
@@ -2980,7 +3282,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID)  # v12, v13, v64, v68, v69, v75, v121
+    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 6 * C * C)  # v12, v13, v64, v68, v69, v75, v121, v35, v53, v54, v65, v77, v107, v109, v129
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3016,6 +3318,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
@@ -3028,10 +3331,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
+    tl.store(scratch + 7 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v53)  # park
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v66 = (v65 * v54)
     v50 = tl.exp(v47)  # cumulative decay in the chunk
     v55 = v50
@@ -3078,7 +3384,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 7 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
+    v35 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -3099,8 +3409,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
+    tl.store(scratch + 7 * C * HID + C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     v110 = (v54 * v109)
     v113 = (v107 * v57[:, None])
     v118 = (v107 * v44[:, None])
@@ -3127,6 +3439,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v107 = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = (v107 * v115)
     v117 = tl.sum((v116), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -3144,6 +3457,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
     v128 = (v97 + v117 + v127)
     v129 = (v55[None, :] * v128[:, None])
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * C + offs_t[:, None] * C + offs_u[None, :], v129)  # park
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3152,10 +3466,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v122 = ((-1.0) * v121)
         v64 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v124 = (v65 * v123)
+    v77 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = (v77 * v109)
     v130 = (v111 + v124)
+    v53 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v129 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v132 = (v129 + v131)
     v133 = v132
     v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
@@ -3200,7 +3520,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v79, v68, v72, v73, v133
+    scratch = scratch_ptr + slot * (6 * C * HID + 7 * C * C + 2 * C * BV + C * D)  # v12, v79, v68, v72, v73, v133, v57, v80, v67, v69, v58, v81, v119, v121, v145, v123
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3215,6 +3535,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v49 = gate_eta
     v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :], v57)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3252,7 +3573,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v80 = v35
+    tl.store(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v67 = k
+    tl.store(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v101 = tl.zeros((C,), DTYPE)
     v107 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3275,9 +3598,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v102 = ((-1.0) * d_new_w1)
         v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v67 = tl.load(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = (v67 * v107)
     v109 = tl.sum((v108), axis=1)
     v140 = (v101 + v109)
+    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
     v141 = (v57 * v140[:, None])
     v142 = tl.sum((v141), axis=0)
     v143 = v142
@@ -3304,8 +3629,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v60 = (v55 * v59[None, :])
     v61 = tl.sum((v60), axis=1)
     v64 = (q * v61[:, None])
+    v67 = tl.load(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
     v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
     v70 = (v69 * v58)
     v78 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3337,7 +3667,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v73 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v82 = (v81 * v58)
+    v80 = tl.load(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v84 = (v78 - v83)
     v85 = tl.sum((v84), axis=1)
@@ -3357,6 +3691,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v117 = tl.sum((v116), axis=1)
     v118 = (v117 / (D))
     v119 = (v115 + v118[:, None])
+    tl.store(scratch + 6 * C * HID + 4 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
     v127 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3364,10 +3699,16 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v73 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 6 * C * HID + 4 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = (v119 * v127)
     v129 = tl.sum((v128), axis=1)
     v120 = ((-1.0) * v119)
+    v80 = tl.load(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 4 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v122 = (v58 * v121)
     v125 = (v119 * v61[:, None])
     v130 = (v119 * v48[:, None])
@@ -3393,7 +3734,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tl.debug_barrier()
     v144 = (v106 + v129 + v139)
     v145 = (v59[None, :] * v144[:, None])
+    tl.store(scratch + 6 * C * HID + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 6 * C * HID + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v121 = tl.load(scratch + 6 * C * HID + 4 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v123 = (v81 * v121)
+    tl.store(scratch + 6 * C * HID + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
     v135 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3402,9 +3748,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v134 = ((-1.0) * v133)
         v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 6 * C * HID + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v136 = (v69 * v135)
+    v123 = tl.load(scratch + 6 * C * HID + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v146 = (v123 + v136)
+    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
     v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v145 = tl.load(scratch + 6 * C * HID + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v148 = (v145 + v147)
     v149 = v148
     v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
@@ -3451,7 +3802,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v12, v50
+    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v50, v48
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -3498,6 +3849,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
+    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
     v62 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3518,6 +3870,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = ((-1.0) * d_new_s1)
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -3561,7 +3915,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v13, v70, v74, v75, v81
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v70, v74, v75, v81, v35, v56, v59, v69, v71, v83, v82, v117, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3597,11 +3951,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -3610,9 +3966,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
@@ -3659,8 +4018,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v75 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
+    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
+    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -3682,6 +4046,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
@@ -3702,10 +4067,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
+    v83 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
+    v56 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v82 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3721,6 +4094,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -3730,6 +4104,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
+    v133 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
@@ -3773,7 +4148,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v68, v69, v75
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 2 * C * C)  # v12, v13, v68, v69, v75, v35, v51, v54, v113
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3809,11 +4184,13 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
     v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v47 = tl.cumsum(v46, axis=0, reverse=False)
@@ -3822,6 +4199,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -3870,7 +4248,9 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v54 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -3891,6 +4271,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v111 = tl.sum((v110), axis=1)
     v112 = (v111 / (D))
     v113 = (v109 + v112[:, None])
+    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v116 = (v54 * v115)
@@ -3917,6 +4298,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v129 += tl.sum((v128), axis=1)
         v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v113 * v120)
     v122 = tl.sum((v121), axis=1)
     v102 = tl.zeros((), DTYPE)
@@ -3933,6 +4316,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
     v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
     v130 = (v103 + v122 + v129)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v131 = (v51 * v130[:, None])
     v132 = tl.sum((v131), axis=0)
     v133 = v132
@@ -3991,7 +4375,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v12, v50
+    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v50, v48
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4039,6 +4423,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
+    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
     v62 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4059,6 +4444,8 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = ((-1.0) * d_new_s1)
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -4106,7 +4493,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v13, v70, v74, v75, v81
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v70, v74, v75, v81, v35, v56, v59, v69, v71, v83, v82, v117, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4142,11 +4529,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -4155,9 +4544,12 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
@@ -4204,8 +4596,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v75 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
+    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
+    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -4227,6 +4624,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
@@ -4247,10 +4645,18 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
+    v83 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
+    v56 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v82 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4266,6 +4672,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -4275,6 +4682,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
+    v133 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (v50[None, :] * v135)
@@ -4320,7 +4728,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v12, v13, v72, v76, v77, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v72, v76, v77, v83, v35, v58, v61, v71, v73, v85, v84, v127, v145
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4356,11 +4764,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -4369,9 +4779,12 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v50 = gate_eta
     v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v71 = k
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
     v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
     v74 = (v73 * v61)
     v57 = tl.exp(v52)  # cumulative decay in the chunk
     v62 = v57
@@ -4418,8 +4831,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v86 = (v85 * v61)
+    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = v35
+    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v88 = (v82 - v87)
     v89 = tl.sum((v88), axis=1)
@@ -4441,6 +4859,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
     v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
     v128 = (v61 * v127)
     v131 = (v125 * v64[:, None])
     v133 = (v125 * v49[:, None])
@@ -4461,10 +4880,18 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v137 = ((-1.0) * v136)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v73 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v139 = (v73 * v138)
+    v85 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v127 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v85 * v127)
     v144 = (v129 + v139)
+    v58 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v84 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v107 = tl.zeros((C,), DTYPE)
     v113 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4480,6 +4907,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v112 = ((-1.0) * d_new_w1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v71 * v113)
     v115 = tl.sum((v114), axis=1)
     v142 = (v107 + v115)
@@ -4489,6 +4917,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v65 = v48
     v143 = (v65[None, :] * v142[:, None])
+    v145 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v146 = (v143 + v145)
     v147 = tl.trans(v146)
     v148 = (v50[None, :] * v147)
@@ -4509,6 +4938,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v108 = ((-1.0) * d_new_s1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v71 * v109)
     v111 = tl.sum((v110), axis=1)
     v140 = (v103 + v111)
@@ -4558,7 +4988,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID)  # v61, v12, v13, v68
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * C + C * BV)  # v61, v12, v13, v68, v53, v65, v35
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4583,7 +5013,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v65 = (v64 * v53)
+    tl.store(scratch + 4 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4623,6 +5055,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 4 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v73 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4653,7 +5088,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
+    v35 = tl.load(scratch + 4 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -4704,7 +5141,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v25, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4722,6 +5159,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -4730,6 +5168,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4740,6 +5179,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -4752,11 +5192,15 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -4801,7 +5245,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -4832,8 +5278,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -4841,6 +5289,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -4879,6 +5330,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -4886,9 +5338,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
+    v25 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v154 = tl.sum((v153), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -4929,7 +5383,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v25, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4955,6 +5409,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4965,6 +5420,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -4977,11 +5433,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -5026,7 +5486,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5057,8 +5519,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -5066,6 +5530,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -5104,6 +5571,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -5111,6 +5579,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v25 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v151 = tl.sum((v150), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -5151,7 +5620,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5169,6 +5638,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5187,6 +5657,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5199,11 +5670,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -5248,7 +5723,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5279,8 +5756,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -5288,6 +5767,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -5326,6 +5808,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -5333,6 +5816,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -5418,7 +5902,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v12, v13, v80, v81, v87
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5436,6 +5920,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5454,6 +5939,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5466,11 +5952,15 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
@@ -5515,7 +6005,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5546,8 +6038,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
+    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
+    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -5555,6 +6049,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v144 = tl.zeros((C, BV), DTYPE)
     v109 = tl.zeros((C, BV), DTYPE)
     v106 = tl.zeros((C, BV), DTYPE)
@@ -5593,6 +6090,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
     v145 = (v132 + v144)
@@ -5600,6 +6098,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))

@@ -31,7 +31,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                            'tiles': 7.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False},
@@ -47,7 +47,16 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h']],
+                                       ['t', 'h'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 17.5,
                            'sub_chunks': False},
@@ -62,12 +71,21 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 7.0,
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 7.0,
                               'sub_chunks': False},
@@ -77,12 +95,26 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h']],
+                                          ['s', 'h'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 7.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
                               'sub_chunks': False},
@@ -96,22 +128,48 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h']],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
                               'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h']],
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -121,27 +179,66 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['s', 'h']],
+                                                 ['s', 'h'],
+                                                 ['t', 's'],
+                                                 ['t', 's'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 8.0,
                                      'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h']],
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 's']],
                                       'value_blocks': 'none',
                                       'tiles': 7.0,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 11.0,
                                       'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
                                       'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 's'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
                                       'sub_chunks': False},
@@ -151,7 +248,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'tiles': 1.0,
                                     'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
-                                    'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['s', 'h']],
+                                    'scratch': [['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['t', 'o'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['t', 's'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 10.0,
                                     'sub_chunks': False}},
@@ -300,7 +408,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v8, v9, v44
+    scratch = scratch_ptr + slot * (3 * C * HID + C * BV)  # v8, v9, v44, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -366,6 +474,7 @@ def chunk_out_fwd_kernel(
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -373,6 +482,8 @@ def chunk_out_fwd_kernel(
         v44 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -424,14 +535,16 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (11 * C * HID + HID * D)  # v41, v8, v9, v32, v47, v50, v48, v101, v100, v102, v92, v103
+        scratch = scratch_ptr + slot * (11 * C * HID + HID * D + C * D + C * C + 7 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v101, v100, v102, v92, v103, v42, v45, v14, v21, v31, v51, v82, v85, v90
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = k
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v42)  # park
         v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
         v10 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -450,6 +563,7 @@ def chunk_state_bwd_kernel(
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + offs_t[:, None] * D + offs_o[None, :], v14)  # park
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
@@ -458,6 +572,7 @@ def chunk_state_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
         v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
@@ -468,7 +583,11 @@ def chunk_state_bwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
         v51 = v31
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v45 = tl.load(scratch + 11 * C * HID + HID * D + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         v49 = tl.zeros((C, BV), DTYPE)
         v52 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -495,6 +614,7 @@ def chunk_state_bwd_kernel(
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+        v51 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
         v56 = tl.sum((v55), axis=1)
@@ -514,14 +634,18 @@ def chunk_state_bwd_kernel(
         v80 = tl.sum((v79), axis=1)
         v81 = (v80 / (D))
         v82 = (v78 + v81[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
         v83 = ((-1.0) * v82)
         v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v40 = (v37 * v38)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v71 = (v42 * v40[:, None])
         v68 = (v51 * v40[:, None])
         v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
         v67 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -563,8 +687,10 @@ def chunk_state_bwd_kernel(
             v66 = (v50 * v40[:, None])
             v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v85 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v67 + v85)
         v90 = v89
+        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
         v105 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -577,15 +703,18 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
+        v90 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v106 = (v90 + v105)
         v107 = tl.sum((v106), axis=1)
         v108 = (v107 / (D))
         v109 = ((-1.0) * v108)
         v110 = (v106 + v109[:, None])
         v111 = (2.0 * v25[:, None] * v110)
+        v14 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v112 = (2.0 * v14 * v110)
         v113 = tl.sum((v112), axis=1)
         v114 = (v113 / (D))
+        v21 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = ((-0.5) * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v118 = ((-0.5) * v14 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v121 = (ln_weight[None, :] * v110 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
@@ -605,6 +734,8 @@ def chunk_state_bwd_kernel(
         v131 = tl.sum((v130), axis=1)
         v132 = (v131 / (D))
         v133 = (v129 + v132[:, None])
+        v31 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v82 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -712,7 +843,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v8, v9, v39, v43, v44, v46
+    scratch = scratch_ptr + slot * (6 * C * HID + C * D + 2 * C * BV)  # v8, v9, v39, v43, v44, v46, v38, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -750,6 +881,7 @@ def chunk_grad_q_1_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
@@ -780,7 +912,9 @@ def chunk_grad_q_1_bwd_kernel(
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v47 = v31
+    tl.store(scratch + 6 * C * HID + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -788,6 +922,8 @@ def chunk_grad_q_1_bwd_kernel(
         v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 6 * C * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -807,6 +943,7 @@ def chunk_grad_q_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
+    v47 = tl.load(scratch + 6 * C * HID + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     v79 = tl.zeros((C, C), DTYPE)
@@ -825,6 +962,7 @@ def chunk_grad_q_1_bwd_kernel(
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
+    v38 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -864,7 +1002,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v43, v44, v46
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV)  # v8, v9, v43, v44, v46, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -931,7 +1069,9 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v47 = v31
+    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -939,6 +1079,8 @@ def chunk_grad_q_2_bwd_kernel(
         v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -958,6 +1100,7 @@ def chunk_grad_q_2_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
+    v47 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     v78 = tl.zeros((C, D), DTYPE)
@@ -1012,7 +1155,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v8, v9, v43, v47, v48, v50
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + C * D)  # v8, v9, v43, v47, v48, v50, v51, v54, v88
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1080,7 +1223,9 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v51 = v31
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1088,6 +1233,8 @@ def chunk_grad_k_0_bwd_kernel(
         v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1107,6 +1254,7 @@ def chunk_grad_k_0_bwd_kernel(
     v76 = (v75 / (D))
     v77 = (v73 + v76[:, None])
     v78 = ((-1.0) * v77)
+    v51 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
     v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
     v86 = tl.zeros((C, C), DTYPE)
@@ -1126,6 +1274,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
     v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
     v67 = tl.zeros((C, D), DTYPE)
@@ -1137,6 +1286,8 @@ def chunk_grad_k_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w1)
         v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = (v67 + v88)
     v90 = v89
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1177,7 +1328,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1195,6 +1346,7 @@ def chunk_grad_k_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1215,10 +1367,12 @@ def chunk_grad_k_1_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1243,8 +1397,11 @@ def chunk_grad_k_1_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1252,6 +1409,8 @@ def chunk_grad_k_1_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1271,12 +1430,18 @@ def chunk_grad_k_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1305,6 +1470,7 @@ def chunk_grad_k_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1312,6 +1478,7 @@ def chunk_grad_k_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -1357,7 +1524,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID)  # v8, v9, v32, v72, v47, v50, v48, v99, v100, v92
+    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C * BV)  # v8, v9, v32, v72, v47, v50, v48, v99, v100, v92, v14, v21, v51, v85, v90
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1375,6 +1542,7 @@ def chunk_grad_k_2_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1383,6 +1551,7 @@ def chunk_grad_k_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
@@ -1403,6 +1572,7 @@ def chunk_grad_k_2_bwd_kernel(
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
     v51 = v31
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1434,6 +1604,7 @@ def chunk_grad_k_2_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v51 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
@@ -1458,6 +1629,7 @@ def chunk_grad_k_2_bwd_kernel(
     v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
     v68 = (v51 * v40[:, None])
     v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1495,8 +1667,10 @@ def chunk_grad_k_2_bwd_kernel(
         v66 = (v50 * v40[:, None])
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v85 = tl.load(scratch + 10 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v89 = (v67 + v85)
     v90 = v89
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
     v102 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1507,15 +1681,19 @@ def chunk_grad_k_2_bwd_kernel(
         v101 = (v99 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 10 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = (v90 + v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
     v106 = ((-1.0) * v105)
     v107 = (v103 + v106[:, None])
     v108 = (2.0 * v25[:, None] * v107)
+    v14 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v109 = (2.0 * v14 * v107)
     v110 = tl.sum((v109), axis=1)
     v111 = (v110 / (D))
+    v21 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
@@ -1588,7 +1766,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1606,6 +1784,7 @@ def chunk_grad_v_0_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1626,10 +1805,12 @@ def chunk_grad_v_0_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1654,8 +1835,11 @@ def chunk_grad_v_0_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1663,6 +1847,8 @@ def chunk_grad_v_0_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1682,12 +1868,18 @@ def chunk_grad_v_0_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1716,6 +1908,7 @@ def chunk_grad_v_0_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1723,6 +1916,7 @@ def chunk_grad_v_0_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -1766,7 +1960,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + C * D + 2 * C * C + 3 * C * BV)  # v8, v9, v47, v48, v50, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1804,10 +1998,12 @@ def chunk_grad_v_1_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1832,8 +2028,11 @@ def chunk_grad_v_1_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1841,6 +2040,8 @@ def chunk_grad_v_1_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1860,12 +2061,18 @@ def chunk_grad_v_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1894,6 +2101,7 @@ def chunk_grad_v_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1941,7 +2149,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v8, v40
+    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v8, v40, v38
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
@@ -1981,6 +2189,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v41 = v31
     v38 = k
+    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v48 = tl.zeros((C,), DTYPE)
     v50 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2001,6 +2210,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v49 = ((-1.0) * d_new_w1)
         v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v38 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v38 * v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v48 + v52)
@@ -2044,7 +2255,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID)  # v8, v9, v39, v43, v44, v46
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * C + 2 * C * BV)  # v8, v9, v39, v43, v44, v46, v40, v48, v47, v50, v72
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2083,6 +2294,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
@@ -2110,9 +2322,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     v47 = v31
+    tl.store(scratch + 6 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2120,6 +2335,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -2139,7 +2356,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
+    v47 = tl.load(scratch + 6 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 6 * C * HID + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v72)  # park
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     v80 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2156,7 +2375,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v79 = ((-1.0) * v78)
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v40 * v80)
+    v48 = tl.load(scratch + 6 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = tl.load(scratch + 6 * C * HID + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v74 = (v48 * v72)
     v82 = (v74 + v81)
     v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
@@ -2200,7 +2423,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID)  # v37, v8, v9
+    scratch = scratch_ptr + slot * (3 * C * HID + C * C)  # v37, v8, v9, v41
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
@@ -2208,6 +2431,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    tl.store(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2244,6 +2468,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v41 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v45 = tl.zeros((C, BV), DTYPE)
     v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2315,7 +2540,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v21, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2333,6 +2558,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2341,6 +2567,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2353,10 +2580,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2381,8 +2610,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2390,6 +2622,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2409,12 +2643,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2443,6 +2683,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2450,9 +2691,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
+    v21 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v106 = tl.sum((v105), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -2493,7 +2736,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v21, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2519,6 +2762,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2531,10 +2775,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2559,8 +2805,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2568,6 +2817,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2587,12 +2838,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2621,6 +2878,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2628,6 +2886,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v21 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v103 = tl.sum((v102), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -2668,7 +2927,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2686,6 +2945,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2706,10 +2966,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2734,8 +2996,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2743,6 +3008,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2762,12 +3029,18 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2796,6 +3069,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2803,6 +3077,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -2888,7 +3163,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID)  # v8, v9, v47, v48, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2906,6 +3181,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2926,10 +3202,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
+    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2954,8 +3232,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v51 = v31
+    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2963,6 +3244,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2982,12 +3265,18 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
+    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
+    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v96 = tl.zeros((C, BV), DTYPE)
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3016,6 +3305,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3023,6 +3313,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
+    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))

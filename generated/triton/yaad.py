@@ -28,7 +28,7 @@ DESCRIPTION = {'spec': 'yaad',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h']],
+                           'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h'], ['s', 'i'], ['s', 'i']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False},
@@ -41,7 +41,17 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
-                                     ['t', 's']],
+                                     ['t', 's'],
+                                     ['t', 'i'],
+                                     ['t', 'o'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 's'],
+                                     ['t', 'o'],
+                                     ['s', 'o'],
+                                     ['t', 'o'],
+                                     ['s', 'o']],
                          'value_blocks': 'none',
                          'tiles': 12.0,
                          'sub_chunks': True},
@@ -64,6 +74,32 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 's'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 29.5,
@@ -85,7 +121,20 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
                               'sub_chunks': True},
@@ -100,7 +149,19 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
                               'sub_chunks': True},
@@ -117,7 +178,20 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['t', 'i']],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 16.0,
                               'sub_chunks': True},
@@ -132,7 +206,28 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 21.0,
                               'sub_chunks': True},
@@ -152,6 +247,30 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 23.0,
@@ -167,7 +286,28 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 21.0,
                               'sub_chunks': True},
@@ -182,7 +322,28 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o']],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 20.0,
                               'sub_chunks': True},
@@ -195,7 +356,17 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 13.0,
                                        'sub_chunks': True},
@@ -211,7 +382,20 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 17.0,
                                        'sub_chunks': True},
@@ -225,12 +409,30 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 16.0,
                                        'sub_chunks': True},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['t', 'h']],
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
                                        'sub_chunks': False},
@@ -247,7 +449,23 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'i'],
-                                                   ['t', 's']],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 21.0,
                                        'sub_chunks': True},
@@ -260,6 +478,16 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 12.0,
@@ -277,12 +505,30 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
-                                                 ['t', 'i']],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'o'],
+                                                 ['t', 'i'],
+                                                 ['t', 'i'],
+                                                 ['t', 'i'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 16.0,
                                      'sub_chunks': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['t', 'h']],
+                                     'scratch': [['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'o'],
+                                                 ['s', 'o'],
+                                                 ['s', 'i'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -297,7 +543,28 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 21.0,
                                        'sub_chunks': True},
@@ -312,7 +579,28 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 20.0,
                                        'sub_chunks': True},
@@ -325,7 +613,17 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
-                                                  ['t', 's']],
+                                                  ['t', 's'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.0,
                                       'sub_chunks': True},
@@ -340,7 +638,27 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 20.0,
                                       'sub_chunks': True},
@@ -355,7 +673,27 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0,
                                       'sub_chunks': True},
@@ -370,7 +708,28 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
                                       'tiles': 21.0,
                                       'sub_chunks': True},
@@ -390,7 +749,28 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['t', 's'],
                                                 ['s', 'o'],
                                                 ['t', 's'],
-                                                ['t', 'o']],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'i'],
+                                                ['s', 'i'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['s', 'i']],
                                     'value_blocks': 'none',
                                     'tiles': 21.0,
                                     'sub_chunks': True}},
@@ -436,7 +816,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (HID * D + 2 * C * HID)  # v59, v10, v11
+        scratch = scratch_ptr + slot * (HID * D + 2 * C * HID + 2 * C * D)  # v59, v10, v11, v50, v55
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -451,9 +831,11 @@ def chunk_state_fwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
         v50 = (v47 * v49)
+        tl.store(scratch + HID * D + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v50)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v51 = k
         v55 = (v50 * v51)
+        tl.store(scratch + HID * D + 2 * C * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v55)  # park
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -494,9 +876,11 @@ def chunk_state_fwd_kernel(
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v64 = v58
+        v50 = tl.load(scratch + HID * D + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = v50
         v54 = v35
         v62 = (v61 * v54)
+        v55 = tl.load(scratch + HID * D + 2 * C * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -557,20 +941,25 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v53 = v42
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     v41 = v40
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -591,6 +980,9 @@ def chunk_out_fwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -630,6 +1022,7 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -648,12 +1041,23 @@ def chunk_out_fwd_kernel(
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -662,6 +1066,10 @@ def chunk_out_fwd_kernel(
         v59 = v11
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -683,6 +1091,7 @@ def chunk_out_fwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -734,21 +1143,27 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v124, v123, v125, v114, v126, v55, v43, v68, v69, causal, v105
+        scratch = scratch_ptr + slot * (2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 20 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v124, v123, v125, v114, v126, v55, v43, v68, v69, causal, v105, v43, v48, v51, v53, v49, v44, v56, v16, v23, v24, v25, v35, v60, v62, v67, v65, v69, v63, v64, v68, v104, v105, v115, v80, v88, v112
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
         v48 = tl.exp(v43)  # cumulative decay in the chunk
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
         v78 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v79 = tl.sum((v78), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v51 = (q * v48)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v53 = k
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
         v55 = (v53 * v49)
         v44 = v43
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
         tl.store(scratch + 2 * HID * D + 11 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
         tl.store(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -769,6 +1184,9 @@ def chunk_state_bwd_kernel(
             v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
         v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v51 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -790,6 +1208,7 @@ def chunk_state_bwd_kernel(
         v14 = tl.sum((v12), axis=1)
         v15 = (v14 / (D))
         v16 = (v12 - v15[:, None])
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
         v17 = (v16 * v16)
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
@@ -798,9 +1217,12 @@ def chunk_state_bwd_kernel(
         v22 = (v20 + v21)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v23 = (v22 - v)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -811,7 +1233,13 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v48 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v60 = v48
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v56 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v61 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -835,12 +1263,25 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
             v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v60 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v62 = (v60 * v61)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
         v67 = v35
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v49 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v65 = v49
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
         v69 = (v67 * v65)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v43 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v63 = v43
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v44 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v64 = v44
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -848,6 +1289,11 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v63 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v69 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
         tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
         tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -869,6 +1315,7 @@ def chunk_state_bwd_kernel(
             v70_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
+        v62 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -887,7 +1334,9 @@ def chunk_state_bwd_kernel(
         v102 = tl.sum((v101), axis=1)
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
         v105 = ((-1.0) * v104)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -906,15 +1355,28 @@ def chunk_state_bwd_kernel(
             v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
         v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
+        v60 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v104 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = (v60 * v104)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v43 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
+        v44 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
+        v49 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v50 = (v47 * v49)
+        v53 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v50 * v53)
         v80 = v50
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v67 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v80 * v67)
+        v51 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v56 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -955,7 +1417,14 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
             v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
+        v80 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v88 = (v80 * v87)
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v63 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v105 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v107 = tl.zeros((C, BV), DTYPE)
@@ -975,9 +1444,12 @@ def chunk_state_bwd_kernel(
             v107_a = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v107 += v107_x * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a - v64, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
+        v65 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v108 = (v65 * v107)
+        v88 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v111 = (v88 + v108)
         v112 = v111
+        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
         v128 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -990,19 +1462,24 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
+        v112 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v129 = (v112 + v128)
         v130 = tl.sum((v129), axis=1)
         v131 = (v130 / (D))
         v132 = ((-1.0) * v131)
         v133 = (v129 + v132[:, None])
         v134 = (2.0 * v29[:, None] * v133)
+        v16 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v135 = (2.0 * v16 * v133)
         v136 = tl.sum((v135), axis=1)
         v137 = (v136 / (D))
+        v25 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v141 = ((-0.5) * v16 * ln_weight[None, :] * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v144 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v145 = (v141 + v144)
+        v23 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v24 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v146 = (v145 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v139 = (0.75 * v16 * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1020,6 +1497,8 @@ def chunk_state_bwd_kernel(
         v156 = (v155 / (D))
         v157 = (v153 + v156[:, None])
         v81 = v79
+        v35 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1128,7 +1607,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, v35, v40, v42, v44, v43, v48, v41, v53, v55, v62, v56, v57, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1167,17 +1646,24 @@ def chunk_grad_q_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v41 = v40
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1198,7 +1684,12 @@ def chunk_grad_q_1_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1223,12 +1714,23 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1236,6 +1738,10 @@ def chunk_grad_q_1_bwd_kernel(
         v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1257,6 +1763,7 @@ def chunk_grad_q_1_bwd_kernel(
         v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1275,6 +1782,7 @@ def chunk_grad_q_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
@@ -1294,6 +1802,8 @@ def chunk_grad_q_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1310,6 +1820,9 @@ def chunk_grad_q_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
@@ -1367,19 +1880,24 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v51, v59, v52, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v51, v59, v52, v48, v40, v61, v62, causal, v40, v42, v44, v43, v41, v49, v53, v55, v62, v56, v57, v83
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     v41 = v40
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1400,6 +1918,9 @@ def chunk_grad_q_2_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1439,7 +1960,11 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 6 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1462,12 +1987,23 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 6 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1475,6 +2011,10 @@ def chunk_grad_q_2_bwd_kernel(
         v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1496,6 +2036,7 @@ def chunk_grad_q_2_bwd_kernel(
         v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1514,6 +2055,7 @@ def chunk_grad_q_2_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
@@ -1533,6 +2075,8 @@ def chunk_grad_q_2_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     v91 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1548,6 +2092,7 @@ def chunk_grad_q_2_bwd_kernel(
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v91 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v92 = (v42 * v91)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v92.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1587,7 +2132,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + C * BV)  # v10, v11, v54, v58, v59, v66, v55, v43, v68, v69, causal, v102, q
+    scratch = scratch_ptr + slot * (6 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v54, v58, v59, v66, v55, v43, v68, v69, causal, v102, q, v35, v49, v43, v44, v48, v69, v63, v64, v70, v60, v93, v104, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1626,15 +2171,19 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v53 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v44 = v43
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1656,12 +2205,19 @@ def chunk_grad_k_0_bwd_kernel(
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     v51 = (q * v48)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
+    v49 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
     v69 = (v67 * v65)
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v63 = v43
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     v64 = v44
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1686,6 +2242,9 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1707,7 +2266,11 @@ def chunk_grad_k_0_bwd_kernel(
         v70_b = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1715,7 +2278,10 @@ def chunk_grad_k_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    v70 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -1734,7 +2300,12 @@ def chunk_grad_k_0_bwd_kernel(
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     v94 = ((-1.0) * v93)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
     v95_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -1753,6 +2324,8 @@ def chunk_grad_k_0_bwd_kernel(
         v95 += tl.where(tl.arange(0, C)[None, :] == v95_p[:, None], v95_d[:, None], 0.0)
     v95 = v95 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v60 * v93)
     v102 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1769,6 +2342,8 @@ def chunk_grad_k_0_bwd_kernel(
         v101 = ((-1.0) * v100)
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v43 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
     tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1789,12 +2364,15 @@ def chunk_grad_k_0_bwd_kernel(
         v103_a = tl.load(scratch + 6 * C * HID + C * D + v103_p[:, None] * D + tl.arange(0, D)[None, :])
         v103 += v103_x[:, None] * v103_y * v103_m[:, None] * tl.exp(tl.minimum(v103_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v49 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v49 * v103)
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     v50 = (v47 * v49)
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1803,7 +2381,10 @@ def chunk_grad_k_0_bwd_kernel(
         v81 = ((-1.0) * d_new_w1)
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v50 * v82)
+    v104 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v83 + v104)
     v106 = v105
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1844,7 +2425,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1862,6 +2443,7 @@ def chunk_grad_k_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1870,20 +2452,27 @@ def chunk_grad_k_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1895,14 +2484,26 @@ def chunk_grad_k_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1923,8 +2524,13 @@ def chunk_grad_k_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1934,6 +2540,7 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1954,11 +2561,22 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1966,6 +2584,10 @@ def chunk_grad_k_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1987,6 +2609,7 @@ def chunk_grad_k_1_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2005,6 +2628,7 @@ def chunk_grad_k_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2025,10 +2649,19 @@ def chunk_grad_k_1_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2047,7 +2680,11 @@ def chunk_grad_k_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2071,17 +2708,21 @@ def chunk_grad_k_1_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = v126
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2122,7 +2763,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, v55, v43, v68, v69, causal, v100
+    scratch = scratch_ptr + slot * (10 * C * HID + 7 * C * D + 4 * C * C + 19 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, v55, v43, v68, v69, causal, v100, v16, v23, v24, v25, v35, v43, v44, v49, v50, v88, v56, v60, v62, v67, v65, v69, v63, v64, v68, v99, v100, v78, v84, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2140,6 +2781,7 @@ def chunk_grad_k_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2148,9 +2790,12 @@ def chunk_grad_k_2_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -2161,19 +2806,25 @@ def chunk_grad_k_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v53 = k
     v88 = (v50 * v53)
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v55 = (v53 * v49)
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
@@ -2196,9 +2847,14 @@ def chunk_grad_k_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
     v60 = v48
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2227,12 +2883,25 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2240,6 +2909,11 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2261,6 +2935,7 @@ def chunk_grad_k_2_bwd_kernel(
         v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2279,7 +2954,9 @@ def chunk_grad_k_2_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     v100 = ((-1.0) * v99)
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
     v101_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2298,9 +2975,16 @@ def chunk_grad_k_2_bwd_kernel(
         v101 += tl.where(tl.arange(0, C)[None, :] == v101_p[:, None], v101_d[:, None], 0.0)
     v101 = v101 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = (v60 * v99)
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = v50
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v85 = (v78 * v67)
+    v56 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2337,7 +3021,14 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
@@ -2357,9 +3048,12 @@ def chunk_grad_k_2_bwd_kernel(
         v102_a = tl.load(scratch + 10 * C * HID + C * D + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v102 += v102_x * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v65 * v102)
+    v84 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v106 = (v84 + v103)
     v107 = v106
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v120 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2370,19 +3064,25 @@ def chunk_grad_k_2_bwd_kernel(
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v107 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v107 + v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
     v124 = ((-1.0) * v123)
     v125 = (v121 + v124[:, None])
     v126 = (2.0 * v29[:, None] * v125)
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v127 = (2.0 * v16 * v125)
     v128 = tl.sum((v127), axis=1)
     v129 = (v128 / (D))
+    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v137 = (v133 + v136)
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -2452,7 +3152,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2470,6 +3170,7 @@ def chunk_grad_v_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2478,20 +3179,27 @@ def chunk_grad_v_0_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2503,14 +3211,26 @@ def chunk_grad_v_0_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2531,8 +3251,13 @@ def chunk_grad_v_0_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2542,6 +3267,7 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2562,11 +3288,22 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2574,6 +3311,10 @@ def chunk_grad_v_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2595,6 +3336,7 @@ def chunk_grad_v_0_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2613,6 +3355,7 @@ def chunk_grad_v_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2633,10 +3376,19 @@ def chunk_grad_v_0_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2655,7 +3407,11 @@ def chunk_grad_v_0_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2679,15 +3435,19 @@ def chunk_grad_v_0_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v125 = ((-1.0) * v124)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2728,7 +3488,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2746,6 +3506,7 @@ def chunk_grad_v_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2754,20 +3515,27 @@ def chunk_grad_v_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2779,14 +3547,26 @@ def chunk_grad_v_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2807,8 +3587,13 @@ def chunk_grad_v_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2818,6 +3603,7 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2838,11 +3624,22 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2850,6 +3647,10 @@ def chunk_grad_v_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2871,6 +3672,7 @@ def chunk_grad_v_1_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2889,6 +3691,7 @@ def chunk_grad_v_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2909,10 +3712,19 @@ def chunk_grad_v_1_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2931,7 +3743,11 @@ def chunk_grad_v_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2955,12 +3771,15 @@ def chunk_grad_v_1_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
     v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v122 = ((-1.0) * v121)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3001,20 +3820,25 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v53 = v42
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     v41 = v40
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3035,6 +3859,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3074,6 +3901,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3092,12 +3920,23 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3106,6 +3945,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v59 = v11
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3127,6 +3970,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -3188,14 +4032,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, v43, v48, v35, v40, v42, v44, v41, v53, v55, v62, v56, v57, v83
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3233,11 +4079,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v41 = v40
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3258,7 +4111,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v42 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3283,12 +4141,23 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3296,6 +4165,10 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3317,6 +4190,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -3335,6 +4209,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
@@ -3354,6 +4229,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3370,6 +4247,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
@@ -3430,7 +4310,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v10, v11, v52, v53, v60, v49, v41, v62, v63, causal
+    scratch = scratch_ptr + slot * (5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV)  # v10, v11, v52, v53, v60, v49, v41, v62, v63, causal, v35, v44, v41, v43, v63, v57, v58, v64, v54, v55, v91, v102, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3469,14 +4349,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = gate_eta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v49 = (v47 * v44)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v42 = v41
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
@@ -3499,12 +4382,19 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (q * v43)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v61 = v35
+    v44 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = v44
     v63 = (v61 * v59)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v57 = v41
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v57)  # park
     v58 = v42
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v58)  # park
     v62 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3528,6 +4418,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v57 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3549,7 +4442,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64_b = tl.load(scratch + 5 * C * HID + C * D + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v64 += v64_x[:, None] * v64_y * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = v43
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3557,7 +4454,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v53 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v56 = (v54 * v55)
+    v64 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v65 = (v56 - v64)
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
@@ -3576,7 +4477,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v89 = tl.sum((v88), axis=1)
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     v92 = ((-1.0) * v91)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v57 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3595,6 +4501,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v54 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v54 * v91)
     v101 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3611,8 +4519,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v102 = (q * v101)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v102)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v55 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v91 * v55)
     v98 = v97
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v76 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3632,7 +4545,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v79 += tl.sum((v78), axis=0)
     v80 = (v77 + v79)
     v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = (v81 + v98 + v102)
+    v41 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v104 = (v103 * tl.exp(v41))
     v105 = tl.cumsum(v104, axis=0, reverse=True)
     v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -3674,7 +4591,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v10, v11
+    scratch = scratch_ptr + slot * (2 * C * HID + 2 * C * BV + 2 * C * D)  # v10, v11, v35, v51, v58, v48
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3713,7 +4630,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v51 = v35
+    tl.store(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v56 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3723,9 +4642,15 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 = ((-1.0) * d_new_w2)
         v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v57 = (v51 * v56)
     v58 = v57
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
     v48 = k
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3739,7 +4664,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = ((-1.0) * d_new_w1)
         v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v48 = tl.load(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v48 * v60)
+    v58 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v58 + v61)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v47 = gate_eta
@@ -3794,7 +4721,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV)  # v10, v11, v52, v56, v64, v53, v43, v66, v67, causal, v96, q, v107
+    scratch = scratch_ptr + slot * (5 * C * HID + 13 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v52, v56, v64, v53, v43, v66, v67, causal, v96, q, v107, v35, v65, v48, v67, v43, v47, v49, v51, v53, v44, v58, v60, v95, v101, v109, v82
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
@@ -3834,19 +4761,29 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v65 = v35
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v63 = v48
     v67 = (v65 * v63)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v47 = tl.exp(v43)  # cumulative decay in the chunk
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     v49 = (q * v47)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v49)  # park
     v51 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
     v53 = (v51 * v48)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3867,7 +4804,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 += tl.where(tl.arange(0, C)[None, :] == v54_p[:, None], v54_d[:, None], 0.0)
     v54 = v54 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v47 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v58 = v47
+    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.zeros((C, C), DTYPE)
     v59 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3893,9 +4835,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v58 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 * v59)
+    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v43
+    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v44
+    v67 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3917,6 +4865,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v68_b = tl.load(scratch + 5 * C * HID + C * D + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v68 += v68_x[:, None] * v68_y * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v69 = (v60 - v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -3935,6 +4884,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v93 = tl.sum((v92), axis=1)
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
+    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = ((-1.0) * v95)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3955,8 +4905,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v98_a = tl.load(scratch + 5 * C * HID + C * D + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v98 += v98_x[:, None] * v98_y * v98_m[:, None] * tl.exp(tl.minimum(v98_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v67 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v99 = ((-1.0) * v67 * v98)
     v101 = v99
+    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
     v97_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3975,6 +4927,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v97 += tl.where(tl.arange(0, C)[None, :] == v97_p[:, None], v97_d[:, None], 0.0)
     v97 = v97 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v58 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v58 * v95)
     v107 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3991,6 +4945,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v106 = ((-1.0) * v105)
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4011,7 +4967,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v108_a = tl.load(scratch + 5 * C * HID + C * D + v108_p[:, None] * D + tl.arange(0, D)[None, :])
         v108 += v108_x * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v109 = ((-1.0) * v53 * v108)
+    tl.store(scratch + 5 * C * HID + 11 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v109)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
@@ -4023,8 +4981,11 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v79 = ((-1.0) * d_new_w2)
         v64 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v81 = (v65 * v80)
     v82 = v81
+    tl.store(scratch + 5 * C * HID + 12 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v84 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4033,10 +4994,17 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v83 = ((-1.0) * d_new_w1)
         v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v51 * v84)
+    v82 = tl.load(scratch + 5 * C * HID + 12 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v82 + v85)
+    v48 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v111 = (v48 * v110)
+    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
+    v101 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v109 = tl.load(scratch + 5 * C * HID + 11 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v101 + v109 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -4079,7 +5047,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v52, v48, v40, v61, v62, causal, v84
+    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV)  # v10, v11, v52, v48, v40, v61, v62, causal, v84, v35, v43, v42, v60, v62, v56, v57, v61, v63, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4118,9 +5086,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4148,12 +5118,21 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v56 = v40
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     v57 = v41
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4175,6 +5154,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4196,7 +5180,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v63_b = tl.load(scratch + 3 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v42 = tl.load(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
+    tl.store(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4204,7 +5192,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    v63 = tl.load(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4224,6 +5215,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    v56 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
@@ -4243,6 +5237,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85_a = tl.load(scratch + 3 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85 += v85_x * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a - v57, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v60 * v85)
     v87 = v86
     v88 = v87
@@ -4284,9 +5279,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C + C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, q
+    scratch = scratch_ptr + slot * (6 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, q, v46, v35, v40, v42, v44, v43, v41, v53, v55, v62, v56, v57, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4324,16 +5320,24 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
+    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
     v41 = v40
+    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4354,7 +5358,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    v42 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4379,12 +5388,23 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4392,6 +5412,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4413,6 +5437,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4431,6 +5456,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
+    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
@@ -4450,6 +5476,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v53 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4466,6 +5494,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4486,6 +5516,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v93_a = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_a - v41, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = (v46 * v93)
     v95 = v94
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4526,7 +5557,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID)  # v10, v11
+    scratch = scratch_ptr + slot * (2 * C * HID + 2 * C * BV + 2 * C * D)  # v10, v11, v35, v51, v58, v48
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4565,7 +5596,9 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v51 = v35
+    tl.store(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v56 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4575,9 +5608,15 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 = ((-1.0) * d_new_w2)
         v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v57 = (v51 * v56)
     v58 = v57
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
     v48 = k
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4591,7 +5630,9 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = ((-1.0) * d_new_w1)
         v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v48 = tl.load(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v48 * v60)
+    v58 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v58 + v61)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4641,7 +5682,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4659,6 +5700,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -4667,20 +5709,27 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4692,14 +5741,26 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4720,8 +5781,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4731,6 +5797,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4751,11 +5818,22 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4763,6 +5841,10 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4784,6 +5866,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -4802,6 +5885,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4822,10 +5906,19 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4844,7 +5937,11 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4868,15 +5965,19 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
     v125 = v124
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4917,7 +6018,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4935,6 +6036,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -4943,20 +6045,27 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4968,14 +6077,26 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4996,8 +6117,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5007,6 +6133,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5027,11 +6154,22 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5039,6 +6177,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5060,6 +6202,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -5078,6 +6221,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5098,10 +6242,19 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5120,7 +6273,11 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5144,12 +6301,15 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
     v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
     v122 = v121
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5190,20 +6350,25 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 2 * C * C + C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
     v53 = v42
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     v41 = v40
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5224,6 +6389,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5263,6 +6431,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5281,12 +6450,23 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     v60 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5295,6 +6475,10 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v59 = v11
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5316,6 +6500,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -5364,7 +6549,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 14 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5382,6 +6567,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5393,18 +6579,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5416,14 +6608,26 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5444,7 +6648,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5454,6 +6662,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5474,11 +6683,22 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5486,6 +6706,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5507,6 +6731,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -5525,6 +6750,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5545,10 +6771,19 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5567,7 +6802,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5591,14 +6830,17 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
+    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = ((-0.5) * v16 * v25 * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = tl.sum((v123), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v124.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -5639,7 +6881,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 14 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5657,6 +6899,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5668,18 +6911,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5691,14 +6940,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5719,7 +6980,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5729,6 +6994,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5749,11 +7015,22 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5761,6 +7038,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5782,6 +7063,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -5800,6 +7082,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5820,10 +7103,19 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5842,7 +7134,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5866,11 +7162,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (v25 * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v121 = tl.sum((v120), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v121.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -5911,7 +7209,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5929,6 +7227,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5937,20 +7236,27 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5962,14 +7268,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5990,8 +7308,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6001,6 +7324,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6021,11 +7345,22 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6033,6 +7368,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6054,6 +7393,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -6072,6 +7412,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6092,10 +7433,19 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6114,7 +7464,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6138,17 +7492,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v128 = tl.sum((v127), axis=0)
@@ -6229,7 +7587,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98
+    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6247,6 +7605,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -6255,20 +7614,27 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6280,14 +7646,26 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
+    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6308,8 +7686,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6319,6 +7702,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6339,11 +7723,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     v67 = v35
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6351,6 +7746,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6372,6 +7771,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -6390,6 +7790,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
     tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6410,10 +7811,19 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
+    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
+    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6432,7 +7842,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
+    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6456,17 +7870,21 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
+    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
+    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = tl.sum((v126), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
