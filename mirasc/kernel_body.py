@@ -127,6 +127,63 @@ def _segments(order: list[Value]) -> list[Value | _Loop]:
     return segments
 
 
+# A hidden-block loop holds, through every block, the tiles it reads from outside (the chunk's (C, D) and (C, C)
+# values) and the sums it accumulates. Past LOOP_UNITS of them (tile_units) the loop is split before the value that
+# would pass the bound: a block the first part makes and the second reads goes through scratch memory, as between
+# any two loops. 2 from ahead-of-time compiles at D = 64 (bench/README.md, "Parked tiles"): titans' stack bytes in
+# all 13,112 unsplit, 10,824 at 3 units, 10,680 at 2; Moneta's 8,576, 8,392, 8,176.
+LOOP_UNITS = 2.0
+
+
+def _loop_of(segments: list[Value | _Loop]) -> dict[int, int]:
+    return {v.id: j for j, seg in enumerate(segments) if isinstance(seg, _Loop) for v in seg.values}
+
+
+def _outside_reads(v: Value, part: _Loop) -> dict[int, float]:
+    """The register tiles v's lines read that its loop did not make, with their tile_units."""
+    if inlined(v) or isinstance(v.op, ir.Input):
+        return {}
+    made = {u.id for u in part.values}
+    return {a.id: tile_units(a) for a in _read(v) if not wide(a) and a.id not in made and tile_units(a) > 0}
+
+
+def _split_loops(segments: list[Value | _Loop], into: dict[int, Value]) -> list[Value | _Loop]:
+    """Each loop cut into consecutive loops that hold at most LOOP_UNITS of outside tiles and sums (where one value
+    alone holds more, it gets a loop of its own). The terms of a sum that accumulate in one tile (`into`,
+    _shared_accumulators) stay in one loop and count once."""
+    out: list[Value | _Loop] = []
+    for seg in segments:
+        if not isinstance(seg, _Loop):
+            out.append(seg)
+            continue
+        part, outside, sums = _Loop(), {}, 0.0
+        unplaced = {}  # shared sum id -> its terms in this loop not placed yet
+        for v in seg.values:
+            if v.id in into:
+                unplaced[into[v.id].id] = unplaced.get(into[v.id].id, 0) + 1
+        open_sums: set[int] = set()  # shared sums with terms placed and terms to come: no cut until they close
+        for v in seg.values:
+            reads = _outside_reads(v, part)
+            sibling = v.id in into and any(into.get(u.id) is into[v.id] for u in part.values)
+            own = tile_units(v) if v.id in seg.sums and not sibling else 0.0
+            extra = sum(u for i, u in reads.items() if i not in outside) + own
+            if (part.values and extra > 0 and not open_sums
+                    and sum(outside.values()) + sums + extra > LOOP_UNITS):
+                out.append(part)
+                part, outside, sums = _Loop(), {}, 0.0
+                reads = _outside_reads(v, part)
+            part.values.append(v)
+            outside.update(reads)
+            if v.id in seg.sums:
+                part.sums.add(v.id)
+                sums += own
+            if v.id in into:
+                unplaced[into[v.id].id] -= 1
+                open_sums = {i for i in open_sums | {into[v.id].id} if unplaced[i] > 0}
+        out.append(part)
+    return out
+
+
 def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None) -> Body:
@@ -138,7 +195,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
     order = schedule(graph)
     segments = _segments(order)
-    loop_of = {v.id: j for j, seg in enumerate(segments) if isinstance(seg, _Loop) for v in seg.values}
+    segments = _split_loops(segments, _shared_accumulators(graph, _loop_of(segments)))
+    loop_of = _loop_of(segments)
     out_of = {v.id: n for n, v in graph.outputs.items()}
     read_elsewhere = {a.id for j, seg in enumerate(segments) if isinstance(seg, _Loop) for u in seg.values
                       if not inlined(u) for a in _read(u) if loop_of.get(a.id, j) != j}

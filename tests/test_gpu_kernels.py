@@ -341,3 +341,45 @@ def test_tiles_do_not_wait_in_registers_through_a_loop(stem):
                 elif head.startswith("for hb in"):  # a hidden-block loop that does not read it
                     held.discard(name)
     assert read_backs > 0, "no tile parked"
+
+
+@pytest.mark.parametrize("stem", ["moneta", "titans"])
+def test_hidden_block_loops_hold_few_outside_tiles(stem, monkeypatch):
+    """A hidden-block loop that would hold more than LOOP_UNITS of the chunk's tiles from outside it and of its sums
+    through every block is split into consecutive loops that each hold at most that (past a loop's first value,
+    which may hold more alone); the split loops' values are the original loop's, in order. (That the split kernels
+    compute what the torch backend does is tests/test_triton.py's.)"""
+    from mirasc import kernel_body
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    split = kernel_body._split_loops
+    splits = []
+
+    def checked(segments, into):
+        out = split(segments, into)
+        before = [v.id for seg in segments if isinstance(seg, kernel_body._Loop) for v in seg.values]
+        after = [v.id for seg in out if isinstance(seg, kernel_body._Loop) for v in seg.values]
+        assert after == before
+        for seg in out:
+            if not isinstance(seg, kernel_body._Loop):
+                continue
+            outside, sums, part = {}, 0.0, kernel_body._Loop()
+            for v in seg.values:  # past its first value, a value that adds tiles keeps the loop within the bound
+                reads = kernel_body._outside_reads(v, part)
+                sibling = v.id in into and any(into.get(u.id) is into[v.id] for u in part.values)
+                own = kernel_body.tile_units(v) if v.id in seg.sums and not sibling else 0.0
+                adds = sum(u for i, u in reads.items() if i not in outside) + own
+                outside.update(reads)
+                sums += own
+                assert not (part.values and adds > 0 and not sibling) or \
+                    sum(outside.values()) + sums <= kernel_body.LOOP_UNITS or any(
+                        into.get(u.id) is not None and into.get(u.id) is into.get(w.id)
+                        for u in part.values for w in seg.values[len(part.values):])  # a shared sum still open
+                part.values.append(v)
+        splits.append(len(out) - len(segments))
+        return out
+
+    monkeypatch.setattr(kernel_body, "_split_loops", checked)
+    generate_triton(load(stem))
+    assert max(splits) > 0, "no loop was split"

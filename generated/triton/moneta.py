@@ -27,7 +27,7 @@ DESCRIPTION = {'spec': 'moneta',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h']],
+                           'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h'], ['s', 'h'], ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False},
@@ -89,11 +89,18 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['h', 'i'],
                                        ['h', 'i'],
                                        ['o', 'h'],
+                                       ['o', 'h'],
                                        ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
@@ -131,7 +138,8 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
-                                       ['s', 'o']],
+                                       ['s', 'o'],
+                                       ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 31.0,
                            'sub_chunks': True},
@@ -163,7 +171,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -174,9 +185,11 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -195,7 +208,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -208,9 +224,11 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -228,7 +246,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -240,9 +261,11 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -267,6 +290,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -286,6 +311,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -312,6 +338,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -332,11 +362,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -368,8 +400,14 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['o', 'h'],
                                           ['o', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -391,6 +429,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
@@ -404,6 +443,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
@@ -426,6 +466,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -446,11 +490,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -480,6 +526,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['o', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -499,11 +549,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -523,6 +575,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['o', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -532,6 +585,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
@@ -552,7 +606,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -565,9 +622,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
@@ -594,6 +653,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -611,6 +672,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
@@ -662,6 +724,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -685,6 +749,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
@@ -703,6 +768,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['o', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -713,6 +779,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['s', 'i'],
+                                                 ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['s', 'o'],
@@ -735,7 +802,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -749,9 +819,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
+                                                 ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
@@ -799,7 +871,8 @@ DESCRIPTION = {'spec': 'moneta',
                                       'tiles': 9.5,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'],
+                                      'scratch': [['h', 'i'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
@@ -845,6 +918,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
@@ -865,11 +942,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
@@ -899,6 +978,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
@@ -918,11 +1001,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
@@ -952,6 +1037,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['o', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
@@ -972,11 +1061,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
@@ -1016,6 +1107,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
                                                 ['o', 'h'],
                                                 ['s', 'i'],
                                                 ['t', 'i'],
@@ -1036,11 +1131,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
+                                                ['t', 'i'],
                                                 ['s', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 's'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
@@ -1095,7 +1192,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * C * HID + BV * HID)  # v22, v23, v21
+        scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + C * BV)  # v22, v23, v21, v63, v72
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1174,6 +1271,7 @@ def chunk_state_fwd_kernel(
         v64 = v45
         v71 = v60
         v72 = (v71 * v64)
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_o[None, :], v72)  # park
         v74 = v68
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1192,6 +1290,13 @@ def chunk_state_fwd_kernel(
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v70.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v63 = v23
+            tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        tl.debug_barrier()
+        v72 = tl.load(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v75 = (v74[:, None] * w2)
@@ -1583,7 +1688,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v77, v80, v81, v212, v214, v220, v223, v161, v173, v174, v278, v270, v74, v61, v91, v92, causal, v198, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v192, v195, v198, v199, v208, v225, v177
+        scratch = scratch_ptr + slot * (6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v76, v77, v80, v81, v193, v202, v212, v214, v220, v223, v161, v173, v174, v255, v178, v260, v278, v256, v270, v74, v61, v91, v92, causal, v198, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v192, v195, v198, v199, v208, v225, v177, v254
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1625,7 +1730,7 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v32 - v34[:, None])
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         v36 = (v35 * v35)
         v37 = tl.sum((v36), axis=1)
         v38 = (v37 / (D))
@@ -1634,9 +1739,9 @@ def chunk_state_bwd_kernel(
         v41 = (v39 + v40)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = (v41 - v)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
         v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
         v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v46 = tl.sum((v45), axis=1)
         v47 = (v46 / (D))
@@ -1647,30 +1752,30 @@ def chunk_state_bwd_kernel(
         v51 = tl.sum((v50), axis=1)
         v52 = (v51 / (D))
         v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
         v90 = v53
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
         v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v61 = tl.cumsum(v60, axis=0, reverse=False)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
         v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v64 = tl.sum((v63), axis=0)
         v62 = v61
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
         v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v67 = gate_eta
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
         v68 = (v65 * v67)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
         v110 = v68
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
         v111 = (v110 * v90)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
         v66 = tl.exp(v61)  # cumulative decay in the chunk
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
         v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v107 = tl.sum((v106), axis=0)
         v113 = v107
@@ -1692,13 +1797,13 @@ def chunk_state_bwd_kernel(
         v123 = (v122 / (D * HID))
         v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
         v72 = k
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v68 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v68 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v104 = (v68 * v72)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v53 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v53 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v117 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1783,40 +1888,39 @@ def chunk_state_bwd_kernel(
         v170_c0 = (tl.sqrt(v118))
         v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
         v171 = (v170 / (HID * D))
-        v67 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v72 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v72 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v74 = (v72 * v67)
-        v61 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v62 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+        v61 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v62 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v75 = tl.zeros((C, C), DTYPE)
         v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v75_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v75_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v75_xA = q * v75_A
         for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v75_start = v75_k * BC
-            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v75_p = v75_r + v75_j
-            v75_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-            v75_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+            v75_y = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+            v75_b = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
             v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
             v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
         v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v66 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v69 = ((-1.0) + v66)
         v70 = (q * v69)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v104 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v23 = tl.zeros((), DTYPE)
+        v104 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1831,91 +1935,99 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v182)
             v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+        tl.debug_barrier()
+        v70 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v23 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v76 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v77 = (v71 - v76)
-            tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+            tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
             v22 = (w1 * w1)
             v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
         tl.debug_barrier()
         v24 = (v23 / (HID * D))
         v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-        v67 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v67 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v88 = v67
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v90 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v90 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v92 = (v90 * v88)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v61 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v61 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v86 = v61
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v62 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v62 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v87 = v62
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v91 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v78 = (v77 * v25)
             v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
             v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v80 = (v79 + v78)
-            tl.store(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+            tl.store(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
             v81_c0 = (0.5 * v80)
             v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+            tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v86 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v87 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v92 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        v86 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v87 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v93 = tl.zeros((C, BV), DTYPE)
         v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v93_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v93_start = v93_k * BC
-            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-            v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v93 = v93 * v93_A
         for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v93_p = v93_r + v93_j
-            v93_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-            v93_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v93_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-            v93_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v93_x = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+            v93_y = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v93_m = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+            v93_b = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v66 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v66 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v82 = v66
         v83 = ((-1.0) + v82)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
         v84 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v83 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v83 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v85 = (v83 * v84)
-        v93 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v93 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v94 = (v85 - v93)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
         v27 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1926,18 +2038,18 @@ def chunk_state_bwd_kernel(
         v28 = (v27 / (D * HID))
         v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
         tl.debug_barrier()  # parked tiles other threads stored
-        v94 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v94 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v95 = (v94 * v29)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
         v96 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()  # parked tiles other threads stored
-        v95 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v95 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v97 = (v96 + v95)
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
@@ -1956,81 +2068,96 @@ def chunk_state_bwd_kernel(
         v190 = tl.sum((v189), axis=1)
         v191 = (v190 / (D))
         v192 = (v188 + v191[:, None])
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
         v195 = (v29 * v192)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v198 = ((-1.0) * v195)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v198)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v198)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v86 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v87 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v92 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v86 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v87 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v199 = tl.zeros((C, C), DTYPE)
         v199_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v199_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v199_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v199_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v199_xA = v198 * v199_A
         for v199_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v199_start = v199_k * BC
-            v199_B = tl.where(tl.arange(0, C)[:, None] < v199_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v199_B = tl.where(tl.arange(0, C)[:, None] < v199_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v199_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v199_rows = tl.where(tl.arange(0, C) // BC == v199_k, 1.0, 0.0)
-            v199 += v199_rows[:, None] * tl.dot((v199_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v199_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v199 += v199_rows[:, None] * tl.dot((v199_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v199_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v199_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v199_p = v199_r + v199_j
-            v199_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v199_b = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v199_y = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v199_b = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v199_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v199_d = tl.sum(v198 * v199_y * tl.exp(tl.minimum(v86 - v199_b, 0.0)), axis=1)
             v199 += tl.where(tl.arange(0, C)[None, :] == v199_p[:, None], v199_d[:, None], 0.0)
         v199 = v199 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :], v199)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :], v199)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v83 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v195 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v83 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v208 = (v83 * v195)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v208)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v75 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v192 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v193)
+            v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v202 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v202)
+        tl.debug_barrier()
+        v75 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v209 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v193 = tl.load(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v202 = tl.load(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v211 = (v193 + v202 + v209)
+            v80 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v212_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+            v212 = (v211 * (0.5 + (0.5 * tl.math.erf(v212_c0)) + (v212_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
+            v214 = (v25 * v212)
+            tl.store(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
+            v217 = ((-1.0) * v214)
+            v218 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v217.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v182 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v219 = (v182 + v218)
+            v220 = v219
+            tl.store(scratch + 4 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
+            v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v223_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+            v223 = (v220 * (0.5 + (0.5 * tl.math.erf(v223_c0)) + (v223_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 4 * HID * D + 15 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
+        tl.debug_barrier()
         v225 = tl.zeros((C, BV), DTYPE)
         v163 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v193 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v192).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v202 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v209 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v211 = (v193 + v202 + v209)
-            v80 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v212_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v212 = (v211 * (0.5 + (0.5 * tl.math.erf(v212_c0)) + (v212_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v212)
-            v214 = (v25 * v212)
-            tl.store(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v214)
-            v217 = ((-1.0) * v214)
-            v218 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v217.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v182 = tl.load(scratch + 4 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v219 = (v182 + v218)
-            v220 = v219
-            tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v220)
-            v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v223_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-            v223 = (v220 * (0.5 + (0.5 * tl.math.erf(v223_c0)) + (v223_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v223)
+            v223 = tl.load(scratch + 4 * HID * D + 15 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v225 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v223).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h)
             v158 = (v130[None, :] * v155[:, None])
             v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
             v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
             v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
             v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
         tl.debug_barrier()
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v225)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v225)  # park
         v164_c0 = (tl.sqrt(v123))
         v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
         v165 = (v164 / (D * HID))
@@ -2041,66 +2168,66 @@ def chunk_state_bwd_kernel(
             v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v166 = (4.0 * v165 * (v115 * v115 * v115))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v161 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v161 = tl.load(scratch + 4 * HID * D + 16 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v173 = (d_new_w2 + v161 + v166)
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v173)
             v174 = ((-1.0) * v173)
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
             v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v176 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v110 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v177 = (v110 * v176)
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :], v177)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :], v177)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v86 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v87 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v91 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v198 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        tl.store(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
+        v86 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v87 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v198 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v200 = tl.zeros((C, BV), DTYPE)
         v200_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v200_A = tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-        v200_xA = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v200_A
+        v200_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v200_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v200_xA = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v200_A
         for v200_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v200_start = v200_k * BC
-            v200_B = tl.where(tl.arange(0, C)[:, None] < v200_start, tl.exp(tl.minimum(tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+            v200_B = tl.where(tl.arange(0, C)[:, None] < v200_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v200_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
             v200_rows = tl.where(tl.arange(0, C) // BC == v200_k, 1.0, 0.0)
-            v200 += v200_B * tl.dot(tl.trans((tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v200_xA * v200_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v200 += v200_B * tl.dot(tl.trans((tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v200_xA * v200_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v200_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v200_p = v200_r + v200_j
-            v200_x = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v200_y = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + v200_p * C + tl.arange(0, C))
-            v200_m = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v200_p * C + tl.arange(0, C))
-            v200_a = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + C * D + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v200_x = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v200_y = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + v200_p * C + tl.arange(0, C))
+            v200_m = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v200_p * C + tl.arange(0, C))
+            v200_a = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + C * D + v200_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v200 += v200_x * v200_y[:, None] * v200_m[:, None] * tl.exp(tl.minimum(v200_a - v87, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v88 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v201 = (v88 * v200)
-        v177 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v177 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v204 = (v177 + v201)
         v205 = v204
-        v225 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v225 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v226 = (v205 + v225)
         v227 = tl.sum((v226), axis=1)
         v228 = (v227 / (D))
         v229 = ((-1.0) * v228)
         v230 = (v226 + v229[:, None])
-        v35 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v35 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v232 = (2.0 * v35 * v230)
         v233 = tl.sum((v232), axis=1)
         v234 = (v233 / (D))
         v238 = ((-0.5) * v35 * ln_weight[None, :] * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v241 = (ln_weight[None, :] * v230 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v242 = (v238 + v241)
-        v42 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v42 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v243_c0 = (v42 * v42)
         v243_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v243_c0)))
         v243 = (v242 * ((3.0 * v243_c1) + (3.0 * v243_c0 / (v243_c1))))
         v245 = ((-0.5) * v35 * ln_weight[None, :] * v243 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v246 = tl.sum((v245), axis=1)
-        v43 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v43 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v236 = (0.75 * v35 * ln_weight[None, :] * v43 * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v237 = tl.sum((v236), axis=1)
         v239 = ((-0.5) * ln_weight[None, :] * v43 * v230 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
@@ -2116,27 +2243,35 @@ def chunk_state_bwd_kernel(
         v252 = tl.sum((v251), axis=1)
         v253 = (v252 / (D))
         v254 = (v250 + v253[:, None])
-        v111 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v199 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v280 = tl.zeros((), DTYPE)
-        v216 = tl.zeros((), DTYPE)
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v254)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v111 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v255 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v254).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v174 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 16 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v255)
+            v174 = tl.load(scratch + 4 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v178 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 17 * C * HID + 6 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v178)
+        tl.debug_barrier()
+        v199 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v81 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v203 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v199.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v178 = tl.load(scratch + 4 * HID * D + 17 * C * HID + 6 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
             v206 = (v178 + v203)
             v207 = v206
+            v255 = tl.load(scratch + 4 * HID * D + 16 * C * HID + 6 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v257 = (v207 + v255)
             v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v258_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
             v258 = (v257 * (0.5 + (0.5 * tl.math.erf(v258_c0)) + (v258_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
             v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v220 = tl.load(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v220 = tl.load(scratch + 4 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v222_c0 = tl.full((), 1.4142135623730951, DTYPE)
             v222_c1 = tl.full((), 0.5641895835477563, DTYPE)
             v222_c2 = (0.5 * (v30 * v30))
@@ -2144,16 +2279,24 @@ def chunk_state_bwd_kernel(
             v222 = (v54 * v220 * ((v222_c0 * v222_c1 * v222_c3) - (v222_c0 * v222_c1 * v222_c2 * v222_c3)))
             v259 = (v222 + v258)
             v260 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v259.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v212 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 4 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v260)
+        tl.debug_barrier()
+        v280 = tl.zeros((), DTYPE)
+        v216 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v212 = tl.load(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v213 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v212.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v260 = tl.load(scratch + 4 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v277 = (v213 + v260)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v278_c0 = tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0))
             v278 = (v277 * ((v14 * (v278_c0 * v278_c0) * (w1 * w1)) + (2.0 * v278_c0 * w1 * v14 * tl.abs(w1))))
-            tl.store(scratch + 4 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v278)
+            tl.store(scratch + 5 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v278)
             v279 = (v277 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
             v280 += tl.sum(tl.sum((v279), axis=1), axis=0)
-            v77 = tl.load(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v77 = tl.load(scratch + 4 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v215 = (v77 * v212)
             v216 += tl.sum(tl.sum((v215), axis=1), axis=0)
         tl.debug_barrier()
@@ -2164,14 +2307,13 @@ def chunk_state_bwd_kernel(
         v283 = (v282 / (HID * D))
         v265 = (3.0 * v14 * v216)
         v267 = (v265 / (HID * D))
-        v94 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v192 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v94 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v196 = (v94 * v192)
         v197 = tl.sum(tl.sum((v196), axis=1), axis=0)
         v262 = (3.0 * v28 * v197)
-        v53 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v70 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v272 = tl.zeros((), DTYPE)
+        v70 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v254 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2179,24 +2321,33 @@ def chunk_state_bwd_kernel(
             v284 = (4.0 * v283 * (w1 * w1 * w1))
             v179 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v181 = (v107[None, :] * v179)
-            v214 = tl.load(scratch + 4 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v214 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v221 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v214.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v268 = (2.0 * w1 * v267)
-            v278 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+            v278 = tl.load(scratch + 5 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
             v286 = (v181 + v221 + v268 + v278 + v284)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v286.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v256 = tl.trans(tl.dot(tl.trans(v31).to(DOT_DTYPE), v254.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v223 = tl.load(scratch + 4 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 6 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v256)
+        tl.debug_barrier()
+        v53 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v272 = tl.zeros((), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v223 = tl.load(scratch + 4 * HID * D + 15 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v224 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v223.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v194 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v192.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v256 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v269 = (v194 + v224 + v256)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v270_c0 = tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0))
             v270 = (v269 * ((v20 * (v270_c0 * v270_c0) * (w2 * w2)) + (2.0 * v270_c0 * w2 * v20 * tl.abs(w2))))
-            tl.store(scratch + 5 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v270)
+            tl.store(scratch + 6 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v270)
             v271 = (v269 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
             v272 += tl.sum(tl.sum((v271), axis=1), axis=0)
         tl.debug_barrier()
@@ -2206,18 +2357,18 @@ def chunk_state_bwd_kernel(
         v275 = (v274 / (D * HID))
         v261 = (3.0 * v20 * v197)
         v263 = (v261 / (D * HID))
-        v208 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 7 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v276 = (4.0 * v275 * (w2 * w2 * w2))
-            v173 = tl.load(scratch + 4 * HID * D + 13 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v173 = tl.load(scratch + 4 * HID * D + 16 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v175 = (v113[:, None] * v173)
-            v81 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v81 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
             v210 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v208.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v264 = (2.0 * w2 * v263)
-            v270 = tl.load(scratch + 5 * HID * D + 13 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v270 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
             v285 = (v175 + v210 + v264 + v270 + v276)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v285.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -2518,7 +2669,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v85, v79, v80, v86, v76, v87, v88, v111, v113
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2579,46 +2730,46 @@ def chunk_grad_q_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2629,89 +2780,98 @@ def chunk_grad_q_2_bwd_kernel(
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2722,18 +2882,18 @@ def chunk_grad_q_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -2753,48 +2913,59 @@ def chunk_grad_q_2_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    v111 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.zeros((C, D), DTYPE)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
@@ -2837,7 +3008,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v85, v79, v80, v86, v76, v87, v88, v111, v113
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2898,47 +3069,47 @@ def chunk_grad_q_3_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2950,89 +3121,98 @@ def chunk_grad_q_3_bwd_kernel(
         v66 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3043,18 +3223,18 @@ def chunk_grad_q_3_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -3074,74 +3254,85 @@ def chunk_grad_q_3_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    v111 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v124 = v124 * v124_A
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
         v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v124.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3182,7 +3373,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v70, v73, v74, v82, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v62, v85, v79, v80, v86, v76, v87, v88, v111, v113
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v62, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3243,47 +3434,47 @@ def chunk_grad_q_4_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v62)  # park
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3294,89 +3485,98 @@ def chunk_grad_q_4_bwd_kernel(
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3387,18 +3587,18 @@ def chunk_grad_q_4_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -3418,54 +3618,65 @@ def chunk_grad_q_4_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    v111 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v122 = tl.zeros((C, D), DTYPE)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v122 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v123 = (v62 * v122)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3505,7 +3716,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, v74, v61, v91, v92, causal, v191, q, v53, v90, v61, v62, v67, v68, v66, v72, v169, v92, v86, v87, v93, v83, v94, v95, v179, v181
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, v180, v184, v74, v61, v91, v92, causal, v191, q, v53, v90, v61, v62, v67, v68, v66, v72, v169, v92, v86, v87, v93, v83, v94, v95, v179, v181, v185
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3566,28 +3777,28 @@ def chunk_grad_k_0_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -3609,11 +3820,11 @@ def chunk_grad_k_0_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3708,36 +3919,36 @@ def chunk_grad_k_0_bwd_kernel(
         v167 = ((-1.0) * v166)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.dot(v73.to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v169 = (v68 * v168)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v169)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v169)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
@@ -3755,19 +3966,19 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3784,36 +3995,36 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3822,11 +4033,11 @@ def chunk_grad_k_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3837,9 +4048,9 @@ def chunk_grad_k_0_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3848,7 +4059,7 @@ def chunk_grad_k_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -3867,46 +4078,57 @@ def chunk_grad_k_0_bwd_kernel(
     v177 = tl.sum((v176), axis=1)
     v178 = (v177 / (D))
     v179 = (v175 + v178[:, None])
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
     v181 = (v29 * v179)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v181)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v181)  # park
     v182 = ((-1.0) * v181)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v183 = tl.zeros((C, C), DTYPE)
     v183_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v183_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v183_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v183_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v183_xA = v182 * v183_A
     for v183_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v183_start = v183_k * BC
-        v183_B = tl.where(tl.arange(0, C)[:, None] < v183_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v183_B = tl.where(tl.arange(0, C)[:, None] < v183_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v183_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v183_rows = tl.where(tl.arange(0, C) // BC == v183_k, 1.0, 0.0)
-        v183 += v183_rows[:, None] * tl.dot((v183_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v183_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v183 += v183_rows[:, None] * tl.dot((v183_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v183_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v183_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v183_p = v183_r + v183_j
-        v183_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v183_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v183_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v183_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v183_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v183_d = tl.sum(v182 * v183_y * tl.exp(tl.minimum(v86 - v183_b, 0.0)), axis=1)
         v183 += tl.where(tl.arange(0, C)[None, :] == v183_p[:, None], v183_d[:, None], 0.0)
     v183 = v183 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v181 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (v83 * v181)
-    v179 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v185)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v179 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v180 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v179).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v180)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v184 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v183).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v184)
+    tl.debug_barrier()
+    v185 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v186 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v185).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v180 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
+        v184 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v187 = (v180 + v184 + v186)
         v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v188_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
@@ -3915,31 +4137,31 @@ def chunk_grad_k_0_bwd_kernel(
         v190 = ((-1.0) * v189)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v192 = tl.zeros((C, D), DTYPE)
     v192_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v192_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v192_yA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v192_A
+    v192_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v192_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v192_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v192_A
     for v192_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v192_start = v192_k * BC
-        v192_B = tl.where(tl.arange(0, C)[:, None] < v192_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v192_B = tl.where(tl.arange(0, C)[:, None] < v192_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v192_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
         v192_rows = tl.where(tl.arange(0, C) // BC == v192_k, 1.0, 0.0)
-        v192 += v192_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v192_rows[:, None])).to(DOT_DTYPE), (v192_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v192 += v192_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v192_rows[:, None])).to(DOT_DTYPE), (v192_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v192_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v192_p = v192_r + v192_j
-        v192_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + v192_p * C + tl.arange(0, C))
-        v192_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + v192_p[:, None] * D + tl.arange(0, D)[None, :])
-        v192_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + v192_p * C + tl.arange(0, C))
-        v192_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + C * D + v192_p[:, None] * D + tl.arange(0, D)[None, :])
+        v192_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + v192_p * C + tl.arange(0, C))
+        v192_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + v192_p[:, None] * D + tl.arange(0, D)[None, :])
+        v192_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + v192_p * C + tl.arange(0, C))
+        v192_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v192_p[:, None] * D + tl.arange(0, D)[None, :])
         v192 += v192_x[:, None] * v192_y * v192_m[:, None] * tl.exp(tl.minimum(v192_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v193 = (v67 * v192)
-    v169 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v194 = (v169 + v193)
     v195 = v194
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v195.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3980,7 +4202,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4022,7 +4244,7 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -4031,7 +4253,7 @@ def chunk_grad_k_1_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -4043,29 +4265,29 @@ def chunk_grad_k_1_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -4087,13 +4309,13 @@ def chunk_grad_k_1_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4177,38 +4399,39 @@ def chunk_grad_k_1_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4222,91 +4445,99 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4317,18 +4548,18 @@ def chunk_grad_k_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -4347,51 +4578,60 @@ def chunk_grad_k_1_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -4403,17 +4643,26 @@ def chunk_grad_k_1_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -4424,58 +4673,58 @@ def chunk_grad_k_1_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (2.0 * v35 * v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
     v218 = ((-0.5) * v35 * ln_weight[None, :] * v217[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v219 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v220 = (v218 + v219)
-    v42 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v221_c0 = (v42 * v42)
     v221_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v221_c0)))
     v221 = (v220 * ((3.0 * v221_c1) + (3.0 * v221_c0 / (v221_c1))))
@@ -4518,7 +4767,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * C + 22 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v77, v80, v81, v211, v161, v174, v74, v61, v91, v92, causal, v193, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v190, v192, v193, v194, v214, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v76, v77, v80, v81, v191, v197, v211, v213, v161, v174, v244, v177, v74, v61, v91, v92, causal, v193, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v190, v192, v193, v194, v203, v214, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4560,7 +4809,7 @@ def chunk_grad_k_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -4569,9 +4818,9 @@ def chunk_grad_k_2_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -4582,30 +4831,30 @@ def chunk_grad_k_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -4627,13 +4876,13 @@ def chunk_grad_k_2_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4718,38 +4967,39 @@ def chunk_grad_k_2_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4763,91 +5013,99 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v180)
         v73 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4858,18 +5116,18 @@ def chunk_grad_k_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -4888,53 +5146,62 @@ def chunk_grad_k_2_bwd_kernel(
     v188 = tl.sum((v187), axis=1)
     v189 = (v188 / (D))
     v190 = (v186 + v189[:, None])
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v190)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v190)  # park
     v192 = (v29 * v190)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     v193 = ((-1.0) * v192)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, C), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v194_xA = v193 * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_rows[:, None] * tl.dot((v194_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_rows[:, None] * tl.dot((v194_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_b = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_b = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194_d = tl.sum(v193 * v194_y * tl.exp(tl.minimum(v86 - v194_b, 0.0)), axis=1)
         v194 += tl.where(tl.arange(0, C)[None, :] == v194_p[:, None], v194_d[:, None], 0.0)
     v194 = v194 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :], v194)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :], v194)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v203 = (v83 * v192)
-    v75 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v190 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v214 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v203)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v190 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v191 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v191)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v197 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v194).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v197)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v203 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v204 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v191 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v197 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v205 = (v191 + v197 + v204)
-        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v206_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v206 = (v205 * (0.5 + (0.5 * tl.math.erf(v206_c0)) + (v206_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v207 = (v25 * v206)
@@ -4943,21 +5210,30 @@ def chunk_grad_k_2_bwd_kernel(
         v180 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v210 = (v180 + v209)
         v211 = v210
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v211)
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v213_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v213 = (v211 * (0.5 + (0.5 * tl.math.erf(v213_c0)) + (v213_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v213)
+    tl.debug_barrier()
+    v214 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v213 = tl.load(scratch + 3 * HID * D + 13 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v214 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v213).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 5 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v214)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v214)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -4968,65 +5244,65 @@ def chunk_grad_k_2_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
+        tl.store(scratch + 3 * HID * D + 14 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v174)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
+    v86 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v193)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, BV), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v195_xA = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_A
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v195_xA * v195_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v195_xA * v195_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
-        v195_x = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_y = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v195_p * C + tl.arange(0, C))
-        v195_m = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v195_p * C + tl.arange(0, C))
-        v195_a = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_x = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_y = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + v195_p * C + tl.arange(0, C))
+        v195_m = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v195_p * C + tl.arange(0, C))
+        v195_a = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v195 += v195_x * v195_y[:, None] * v195_m[:, None] * tl.exp(tl.minimum(v195_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v196 = (v88 * v195)
-    v176 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v199 = (v176 + v196)
     v200 = v199
-    v214 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v214 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (v200 + v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
     v218 = ((-1.0) * v217)
     v219 = (v215 + v218[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v221 = (2.0 * v35 * v219)
     v222 = tl.sum((v221), axis=1)
     v223 = (v222 / (D))
     v227 = ((-0.5) * v35 * ln_weight[None, :] * v223[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v230 = (ln_weight[None, :] * v219 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v231 = (v227 + v230)
-    v42 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v232_c0 = (v42 * v42)
     v232_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v232_c0)))
     v232 = (v231 * ((3.0 * v232_c1) + (3.0 * v232_c0 / (v232_c1))))
     v234 = ((-0.5) * v35 * ln_weight[None, :] * v232 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v235 = tl.sum((v234), axis=1)
-    v43 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v225 = (0.75 * v35 * ln_weight[None, :] * v43 * v223[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v226 = tl.sum((v225), axis=1)
     v228 = ((-0.5) * ln_weight[None, :] * v43 * v219 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
@@ -5042,26 +5318,34 @@ def chunk_grad_k_2_bwd_kernel(
     v241 = tl.sum((v240), axis=1)
     v242 = (v241 / (D))
     v243 = (v239 + v242[:, None])
-    v111 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v194 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v248 = tl.zeros((C, D), DTYPE)
+    v111 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v244 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v243).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v174 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 14 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v244)
+        v174 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 4 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v177 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v177)
+    tl.debug_barrier()
+    v194 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v248 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v194.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v177 = tl.load(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v201 = (v177 + v198)
         v202 = v201
+        v244 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v245 = (v202 + v244)
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v246_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v246 = (v245 * (0.5 + (0.5 * tl.math.erf(v246_c0)) + (v246_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v54 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v211 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v212_c0 = tl.full((), 1.4142135623730951, DTYPE)
         v212_c1 = tl.full((), 0.5641895835477563, DTYPE)
         v212_c2 = (0.5 * (v30 * v30))
@@ -5108,7 +5392,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5150,7 +5434,7 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -5159,7 +5443,7 @@ def chunk_grad_v_0_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -5171,29 +5455,29 @@ def chunk_grad_v_0_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -5215,13 +5499,13 @@ def chunk_grad_v_0_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5305,38 +5589,39 @@ def chunk_grad_v_0_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5350,91 +5635,99 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5445,18 +5738,18 @@ def chunk_grad_v_0_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -5475,51 +5768,60 @@ def chunk_grad_v_0_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -5531,17 +5833,26 @@ def chunk_grad_v_0_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -5552,56 +5863,56 @@ def chunk_grad_v_0_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (2.0 * v35 * v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
     v218 = ((-0.5) * v35 * ln_weight[None, :] * v217[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v42 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v219_c0 = (v42 * v42)
     v219_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v219_c0)))
     v219 = (v218 * ((3.0 * v219_c1) + (3.0 * v219_c0 / (v219_c1))))
@@ -5644,7 +5955,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5694,7 +6005,7 @@ def chunk_grad_v_1_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -5706,29 +6017,29 @@ def chunk_grad_v_1_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -5750,13 +6061,13 @@ def chunk_grad_v_1_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5840,38 +6151,39 @@ def chunk_grad_v_1_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5885,91 +6197,99 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5980,18 +6300,18 @@ def chunk_grad_v_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -6010,51 +6330,60 @@ def chunk_grad_v_1_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -6066,17 +6395,26 @@ def chunk_grad_v_1_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -6087,52 +6425,52 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
     v215 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v42 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v216_c0 = (v42 * v42)
     v216_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v216_c0)))
     v216 = (v215 * ((3.0 * v216_c1) + (3.0 * v216_c0 / (v216_c1))))
@@ -6175,7 +6513,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 9 * C * BV)  # v15, v30, v31, v21, v70, v74, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v85, v79, v80, v86, v76, v87, v88
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6236,46 +6574,46 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6286,87 +6624,96 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6377,18 +6724,18 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -6410,7 +6757,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
-    v86 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v113 * v86)
     v115 = v114
     v116 = tl.cumsum(v115, axis=0, reverse=True)
@@ -6453,7 +6800,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v85, v79, v80, v86, v76, v87, v88, v111, v113
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6514,47 +6861,47 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6566,89 +6913,98 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v66 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6659,18 +7015,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -6690,74 +7046,85 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    v111 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v124 = v124 * v124_A
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
         v124 += v124_x * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v125 = (q * v124)
@@ -6801,7 +7168,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v74, v61, v91, v92, causal, v53, v90, v61, v62, v67, v68, v66, v72, v181, v92, v86, v87, v93, v83, v84, v94, v95, v191, v193
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v196, v74, v61, v91, v92, causal, v53, v90, v61, v62, v67, v68, v66, v72, v181, v92, v86, v87, v93, v83, v84, v94, v95, v191, v193, v197
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6862,28 +7229,28 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -6905,11 +7272,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7036,34 +7403,34 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v179 += tl.sum((v178), axis=0)
     v180 = (v176 + v179)
     v181 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v181)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v181)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
@@ -7081,19 +7448,19 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7110,36 +7477,36 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7147,13 +7514,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7164,9 +7531,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7175,7 +7542,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -7194,46 +7561,57 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v189 = tl.sum((v188), axis=1)
     v190 = (v189 / (D))
     v191 = (v187 + v190[:, None])
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v193 = (v29 * v191)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
     v194 = ((-1.0) * v193)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v195_xA = v194 * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
         v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
     v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = (v83 * v193)
-    v191 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v204 = tl.zeros((C, D), DTYPE)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v197 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v204 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v192 + v196 + v198)
         v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
@@ -7242,13 +7620,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v204 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v205 = (q * v204)
-    v84 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v193 * v84)
     v200 = v199
-    v181 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v206 = (v181 + v200 + v205)
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v207 = (v206 * tl.exp(v61))
     v208 = tl.cumsum(v207, axis=0, reverse=True)
     v209 = (v208 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -7577,7 +7955,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v74, v61, v91, v92, causal, q, v206, v194, v53, v90, v61, v62, v67, v68, v66, v72, v177, v211, v74, v92, v86, v87, v91, v93, v83, v94, v95, v191, v193, v194, v208
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 15 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v198, v74, v61, v91, v92, causal, q, v206, v194, v53, v90, v61, v62, v67, v68, v66, v72, v177, v211, v74, v92, v86, v87, v91, v93, v83, v94, v95, v191, v193, v194, v200, v208
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7638,28 +8016,28 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -7681,11 +8059,11 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7776,10 +8154,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v90 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v90 * v175)
     v177 = v176
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v177)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v177)  # park
     v169 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7813,40 +8191,40 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v179 = ((-1.0) * v178)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v180 += tl.dot(v73.to(DOT_DTYPE), v179.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v72 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v181 = (v72 * v180)
-    v177 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v177 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v209 = (v177 + v181)
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v210 = (v67 * v209)
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v211 = ((-1.0) * v59[:, None] * v210 * tl.exp((v64[None, :] - v62)))
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v211)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v211)  # park
     v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v74)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v74)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
@@ -7864,19 +8242,19 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7893,38 +8271,38 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7933,11 +8311,11 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7948,9 +8326,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7959,7 +8337,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -7978,47 +8356,58 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v189 = tl.sum((v188), axis=1)
     v190 = (v189 / (D))
     v191 = (v187 + v190[:, None])
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v193 = (v29 * v191)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
     v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v194)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v194)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v195 = tl.zeros((C, C), DTYPE)
     v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v195_xA = v194 * v195_A
     for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v195_p = v195_r + v195_j
-        v195_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_b = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
         v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
     v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v200 = (v83 * v193)
-    v191 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v206 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v200)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v198 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v198)
+    tl.debug_barrier()
+    v200 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v206 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v201 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v198 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202 = (v192 + v198 + v201)
         v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v203_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
@@ -8027,60 +8416,60 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v205 = ((-1.0) * v204)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v61 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v207 = tl.zeros((C, D), DTYPE)
     v207_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v207_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v207_xA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v207_A
+    v207_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v207_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v207_A
     for v207_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v207_start = v207_k * BC
-        v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
         v207_rows = tl.where(tl.arange(0, C) // BC == v207_k, 1.0, 0.0)
-        v207 += v207_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v207 += v207_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v207_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v207_p = v207_r + v207_j
-        v207_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
-        v207_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v207_p * C + tl.arange(0, C))
-        v207_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v207_p * C + tl.arange(0, C))
-        v207_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_p[:, None] * D + tl.arange(0, D)[None, :])
         v207 += v207_x * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v74 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v74 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v208 = ((-1.0) * v74 * v207)
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v208)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v208)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v194 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v194 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v196 = tl.zeros((C, BV), DTYPE)
     v196_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v196_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v196_yA = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v196_A
+    v196_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v196_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v196_A
     for v196_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v196_start = v196_k * BC
-        v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v196_rows = tl.where(tl.arange(0, C) // BC == v196_k, 1.0, 0.0)
-        v196 += v196_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v196 += v196_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v196_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v196_p = v196_r + v196_j
-        v196_x = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
-        v196_y = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v196_m = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v196_p * C + tl.arange(0, C))
-        v196_a = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
+        v196_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v196_p * C + tl.arange(0, C))
+        v196_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v196 += v196_x[:, None] * v196_y * v196_m[:, None] * tl.exp(tl.minimum(v196_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v92 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-1.0) * v92 * v196)
     v199 = v197
-    v208 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v211 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v208 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v212 = (v199 + v208 + v211)
     v213 = v212
     v214 = tl.cumsum(v213, axis=0, reverse=True)
@@ -8123,7 +8512,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v70, v74, v67, v58, v84, v85, causal, v113, v53, v61, v58, v59, v60, v83, v85, v79, v80, v84, v86, v76, v87, v88
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v113, v53, v61, v58, v59, v60, v63, v83, v85, v79, v80, v84, v86, v76, v87, v88
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8184,46 +8573,46 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8234,91 +8623,100 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8329,18 +8727,18 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -8362,29 +8760,29 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v111 = (v107 + v110[:, None])
     v112 = (v29 * v111)
     v113 = ((-1.0) * v112)
-    v79 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v84 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v114 = tl.zeros((C, BV), DTYPE)
     v114_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v114_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v114_xA = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v114_A
+    v114_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v114_xA = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v114_A
     for v114_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v114_start = v114_k * BC
-        v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
         v114_rows = tl.where(tl.arange(0, C) // BC == v114_k, 1.0, 0.0)
-        v114 += v114_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v114 += v114_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v114_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v114_p = v114_r + v114_j
-        v114_x = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v114_y = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + v114_p * C + tl.arange(0, C))
-        v114_m = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v114_p * C + tl.arange(0, C))
-        v114_a = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + C * D + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + v114_p * C + tl.arange(0, C))
+        v114_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v114_p * C + tl.arange(0, C))
+        v114_a = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v114 += v114_x * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a - v80, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v115 = (v83 * v114)
     v116 = v115
     v117 = v116
@@ -8426,7 +8824,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v66, v70, v73, v74, v82, v67, v58, v84, v85, causal, v123, q, v53, v65, v61, v58, v59, v60, v85, v79, v80, v86, v76, v87, v88, v111, v113
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, q, v53, v65, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8487,47 +8885,47 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8539,89 +8937,98 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v66 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8632,18 +9039,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -8663,77 +9070,88 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v115_xA = v114 * v115_A
     for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    v111 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v82 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v121 = (v25 * v120)
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
     v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v124_yA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_A
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_yA = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_A
     for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
         v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v124 += v124_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v124_p = v124_r + v124_j
-        v124_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
-        v124_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v124_p * C + tl.arange(0, C))
-        v124_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_a = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
         v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v124_a - v59, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v65 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v125 = (v65 * v124)
     v126 = v125
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -9247,7 +9665,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV)  # v72, v64, v30, v21, v31, v70, v74, v67, v58, v84, v85, causal, v58, v60, v63, v61, v59, v68, v53, v76, v89, v78, v85, v79, v80, v87
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV)  # v15, v72, v64, v30, v21, v31, v70, v74, v67, v58, v84, v85, causal, v58, v60, v63, v61, v59, v68, v53, v76, v89, v78, v85, v79, v80, v87
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9261,55 +9679,61 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
-    tl.store(scratch + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     v59 = v58
-    tl.store(scratch + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, C), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v68_xA = q * v68_A
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
         v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
         v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v18 = tl.zeros((), DTYPE)
+    v63 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
         v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v72)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v72)
         v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
+        tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v16 = (w2 * w2 * w2 * w2)
         v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
@@ -9322,11 +9746,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v30 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v31_c0 = (0.5 * v30)
         v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
     v33 = tl.sum((v32), axis=1)
@@ -9351,106 +9775,106 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v21 = tl.load(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v66 = v55
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v70 = (v64 - v69)
-        tl.store(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v60 = tl.load(scratch + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v70 * v25)
-        v72 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v72 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v73 = (v72 + v71)
         v74_c0 = (0.5 * v73)
         v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v21 = tl.load(scratch + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v89)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v31 = tl.load(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v82 = v31
-        v74 = tl.load(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v86 = tl.zeros((C, BV), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = v86 * v86_A
     for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v78 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9461,9 +9885,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    v89 = tl.load(scratch + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -9513,7 +9937,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v35, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9555,7 +9979,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -9565,7 +9989,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -9576,29 +10000,29 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -9620,13 +10044,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9710,38 +10134,39 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9755,91 +10180,99 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9850,18 +10283,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -9880,51 +10313,60 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -9936,17 +10378,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -9957,55 +10408,55 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (2.0 * v35 * v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
-    v43 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v218 = ((-0.5) * v35 * v43 * v217[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v219 = tl.sum((v218), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v219.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -10046,7 +10497,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10097,7 +10548,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -10108,29 +10559,29 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -10152,13 +10603,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10242,38 +10693,39 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10287,91 +10739,99 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10382,18 +10842,18 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -10412,51 +10872,60 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -10468,17 +10937,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -10489,51 +10967,51 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v43 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (v43 * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v216 = tl.sum((v215), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v216.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -10574,7 +11052,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10616,7 +11094,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -10625,7 +11103,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -10637,29 +11115,29 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -10681,13 +11159,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10771,38 +11249,39 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10816,91 +11295,99 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10911,18 +11398,18 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -10941,51 +11428,60 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -10997,17 +11493,26 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -11018,58 +11523,58 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (2.0 * v35 * v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
     v218 = ((-0.5) * v35 * ln_weight[None, :] * v217[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v219 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v220 = (v218 + v219)
-    v42 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v221_c0 = (v42 * v42)
     v221_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v221_c0)))
     v221 = (v220 * ((3.0 * v221_c1) + (3.0 * v221_c0 / (v221_c1))))
@@ -11193,7 +11698,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v77, v80, v81, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11235,7 +11740,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -11244,7 +11749,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
@@ -11256,29 +11761,29 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     v111 = (v110 * v90)
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -11300,13 +11805,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11390,38 +11895,39 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v170_c0 = (tl.sqrt(v118))
     v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
     v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v75_xA = q * v75_A
     for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
         v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
-    v104 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11435,91 +11941,99 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v22 = (w1 * w1)
         v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v77 * v25)
         v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
         v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11530,18 +12044,18 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -11560,51 +12074,60 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v187 = tl.sum((v186), axis=1)
     v188 = (v187 / (D))
     v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
     v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
     v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v193 = tl.zeros((C, C), DTYPE)
     v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v193_xA = v192 * v193_A
     for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
         v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
     v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v199 = (v83 * v191)
-    v75 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v189 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v203 = (v25 * v202)
@@ -11616,17 +12139,26 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
         v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
         v158 = (v130[None, :] * v155[:, None])
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
         v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
         v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
         v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
     v164_c0 = (tl.sqrt(v123))
     v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
     v165 = (v164 / (D * HID))
@@ -11637,58 +12169,58 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v166 = (4.0 * v165 * (v115 * v115 * v115))
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
         v173 = (d_new_w2 + v161 + v166)
         v174 = ((-1.0) * v173)
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v194 = tl.zeros((C, BV), DTYPE)
     v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
     for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
         v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v197 = (v176 + v195)
     v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v210 = (v198 + v209)
     v211 = tl.sum((v210), axis=1)
     v212 = (v211 / (D))
     v213 = ((-1.0) * v212)
     v214 = (v210 + v213[:, None])
-    v35 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v215 = (2.0 * v35 * v214)
     v216 = tl.sum((v215), axis=1)
     v217 = (v216 / (D))
     v218 = ((-0.5) * v35 * ln_weight[None, :] * v217[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v219 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v220 = (v218 + v219)
-    v42 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v221_c0 = (v42 * v42)
     v221_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v221_c0)))
     v221 = (v220 * ((3.0 * v221_c1) + (3.0 * v221_c0 / (v221_c1))))

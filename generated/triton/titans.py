@@ -28,12 +28,25 @@ DESCRIPTION = {'spec': 'titans',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'], ['t', 'h']],
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['s', 'h'],
+                                       ['s', 'o'],
+                                       ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o'], ['t', 's']],
+                         'scratch': [['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'o'],
+                                     ['t', 's'],
+                                     ['t', 'i'],
+                                     ['t', 'i']],
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False},
@@ -49,11 +62,26 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
                                        ['h', 'i'],
+                                       ['h', 'i'],
+                                       ['s', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['s', 'h'],
+                                       ['o', 'h'],
                                        ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
                                        ['t', 'i'],
                                        ['t', 'i'],
                                        ['s', 'i'],
@@ -65,7 +93,14 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
                                        ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 22.0,
@@ -81,10 +116,17 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'o'],
                                           ['t', 's'],
-                                          ['s', 'i']],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
@@ -93,9 +135,16 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False},
@@ -104,9 +153,16 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'o'],
-                                          ['t', 's']],
+                                          ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 8.0,
                               'sub_chunks': False},
@@ -116,10 +172,17 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'o'],
                                           ['s', 'u'],
                                           ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
@@ -129,13 +192,29 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 12.5,
@@ -145,17 +224,35 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['o', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -167,13 +264,29 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 12.5,
@@ -183,12 +296,28 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['h', 'i'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['o', 'h'],
                                           ['t', 'o'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 11.5,
@@ -198,15 +327,26 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 9.0,
                                        'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['t', 'h'], ['s', 'i']],
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
                                        'sub_chunks': False},
@@ -216,15 +356,22 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'o'],
                                                    ['s', 'u'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 12.5,
@@ -233,6 +380,10 @@ DESCRIPTION = {'spec': 'titans',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
                                                    ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -242,15 +393,17 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 13.5,
                                        'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['h', 'i'], ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -260,15 +413,22 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['t', 'o'],
                                                  ['t', 'u'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
+                                                 ['t', 'i'],
+                                                 ['t', 'i'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
+                                                 ['t', 'o'],
                                                  ['s', 'u']],
                                      'value_blocks': 'none',
                                      'tiles': 11.5,
@@ -278,16 +438,27 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
                                        'sub_chunks': False},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
+                                       'scratch': [['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['s', 'h'],
+                                                   ['h', 'i'],
+                                                   ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
                                        'sub_chunks': False},
@@ -297,15 +468,22 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
@@ -316,21 +494,29 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
                                        'tiles': 11.5,
                                        'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
@@ -345,7 +531,16 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
@@ -353,6 +548,13 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 13.5,
@@ -362,13 +564,29 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5,
@@ -378,13 +596,29 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['h', 'i'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['o', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
+                                                  ['t', 'i'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 12.5,
@@ -399,13 +633,29 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
                                                 ['s', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['h', 'i'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['o', 'h'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'u'],
                                                 ['t', 's'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
+                                                ['t', 'i'],
+                                                ['t', 'i'],
+                                                ['t', 'o'],
+                                                ['s', 'i'],
+                                                ['s', 'i'],
+                                                ['s', 'o'],
+                                                ['t', 'o'],
                                                 ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 12.5,
@@ -454,7 +704,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * C * HID)  # v12, v13
+        scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * BV)  # v12, v13, v70, v71, v87, v92
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -521,6 +771,7 @@ def chunk_state_fwd_kernel(
         v76 = tl.sum((v75), axis=0)
         v72 = v35
         v87 = (v72 * v67[:, None])
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -528,6 +779,7 @@ def chunk_state_fwd_kernel(
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
         v92 = (v72 * v68[:, None])
+        tl.store(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -537,6 +789,7 @@ def chunk_state_fwd_kernel(
             v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
             v70 = v37
+            tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
             v73 = (v70 * v67[:, None])
             v74 = tl.dot(tl.trans(v73).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
@@ -548,19 +801,36 @@ def chunk_state_fwd_kernel(
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v81.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v71 = v13
+            tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
+        tl.debug_barrier()
+        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v71 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v88 = tl.dot(tl.trans(v87).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v89 = (v76 * w2)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v90 = (v89 + (v79 * s2))
             v91 = (v90 - v88)  # layer 2 end state
             tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v91.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+            v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v82 = (v70 * v68[:, None])
             v83 = tl.dot(tl.trans(v82).to(DOT_DTYPE), v69.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v86 = (((-1.0) * v83) + (v85 * s1))
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
+        tl.debug_barrier()
+        v92 = tl.load(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v71 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v93 = tl.dot(tl.trans(v92).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v94 = (((-1.0) * v93) + (v85 * s2))
             tl.store(starts_s2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v94.to(starts_s2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v94.to(final_s2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
@@ -603,7 +873,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + C * BV + C * C)  # v12, v13, v68, v35, v53
+    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C + 2 * C * D)  # v12, v13, v66, v68, v69, v35, v53, v59, v57
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -639,7 +909,7 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -653,7 +923,7 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -663,9 +933,10 @@ def chunk_out_fwd_kernel(
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    v73 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 5 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -676,32 +947,48 @@ def chunk_out_fwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v63 = v37
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 5 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v61 = (v58 + v60)
+        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v61 - v66)
         v68_c0 = (0.5 * v67)
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v76 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = v13
-        v68 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 3 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -757,7 +1044,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 7 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v159, v165, v163, v166, v151, v167, v70, v72, v75, v61, v62, v78, v18, v25, v35, v88, v141, v144, v149
+        scratch = scratch_ptr + slot * (3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 11 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v146, v153, v159, v165, v124, v126, v131, v160, v163, v166, v111, v115, v116, v151, v112, v167, v118, v157, v168, v110, v117, v70, v72, v75, v61, v62, v78, v18, v25, v35, v88, v141, v145, v155, v125, v130, v114, v121, v144, v149, v197
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -766,7 +1053,7 @@ def chunk_state_bwd_kernel(
         v100 = tl.sum((v99), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v70 = (q * v49[:, None])
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v70)  # park
         v44 = v43
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -777,21 +1064,20 @@ def chunk_state_bwd_kernel(
         v64 = (v59 * v63[None, :])
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v75 = k
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v75)  # park
         v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
         v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v61)  # park
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
         v78 = (v77 * v62)
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-        v14 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -804,6 +1090,12 @@ def chunk_state_bwd_kernel(
             v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v74 = (v71 + v73)
             tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.debug_barrier()
+        v14 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
             v13_c0 = (0.5 * v12)
@@ -815,7 +1107,7 @@ def chunk_state_bwd_kernel(
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
@@ -824,7 +1116,7 @@ def chunk_state_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -835,12 +1127,11 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         v88 = v35
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v86 = tl.zeros((C, BV), DTYPE)
+        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -863,7 +1154,15 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
             v82 = (v81 * v49[:, None])
             tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+        tl.debug_barrier()
+        v86 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v82 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v84 = (v81 * v65[:, None])
             tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
@@ -876,9 +1175,9 @@ def chunk_state_bwd_kernel(
             v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v90 = (v89 * v62)
-        v88 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
         v93 = tl.sum((v92), axis=1)
@@ -898,64 +1197,97 @@ def chunk_state_bwd_kernel(
         v139 = tl.sum((v138), axis=1)
         v140 = (v139 / (D))
         v141 = (v137 + v140[:, None])
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = ((-1.0) * v141)
         v143 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v145 = (v62 * v143)
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v145)  # park
         v152 = (v141 * v65[:, None])
         v155 = (v141 * v49[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v69 = (v57 * v50)
         tl.debug_barrier()  # parked tiles other threads stored
-        v75 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v75 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v125 = (v75 * v69[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v125)  # park
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v66 = v48
-        v61 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+        tl.debug_barrier()  # parked tiles other threads stored
+        v61 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
         v67 = (v61 * v66[None, :])
         v68 = tl.sum((v67), axis=1)
         v130 = (v75 * v68[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v130)  # park
         v114 = (v88 * v69[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
         v121 = (v88 * v68[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v121)  # park
         v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v70 = tl.load(scratch + 2 * HID * D + 14 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v78 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v113 = tl.zeros((C, BV), DTYPE)
-        v120 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v146 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v153 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v153)
+        tl.debug_barrier()
+        v70 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v155 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v156 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v146 = tl.load(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v153 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v158 = (v146 + v153 + v156)
             v80 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v159_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
             v159 = (v158 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
+            tl.store(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
             v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
+            tl.store(scratch + HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v124 = ((-1.0) * d_new_s1)
+            tl.store(scratch + 2 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
+        tl.debug_barrier()
+        v125 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v130 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v124 = tl.load(scratch + 2 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v126)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v127 = ((-1.0) * d_new_w1)
             v131 = tl.dot(v130.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 13 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v131)
+            v159 = tl.load(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v160 = ((-1.0) * v159)
+            tl.store(scratch + 3 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v160)
+        tl.debug_barrier()
+        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v114 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v160 = tl.load(scratch + 3 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v161 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v160.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v126 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v131 = tl.load(scratch + 3 * HID * D + 13 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v162 = (v126 + v131 + v161)
             v163 = v162
-            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v163)
+            tl.store(scratch + 3 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v163)
             v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v36 = tl.load(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v166_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -963,51 +1295,73 @@ def chunk_state_bwd_kernel(
             v166_c2 = (0.5 * (v12 * v12))
             v166_c3 = tl.exp(((-1.0) * v166_c2))
             v166 = (v36 * v163 * ((v166_c0 * v166_c1 * v166_c3) - (v166_c0 * v166_c1 * v166_c2 * v166_c3)))
-            tl.store(scratch + 2 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
+            tl.store(scratch + 3 * HID * D + 16 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v111 = ((-1.0) * d_new_s2)
+            tl.store(scratch + 3 * HID * D + 17 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v111)
             v115 = tl.dot(v114.to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 17 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v115)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v116 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v116)
+        tl.debug_barrier()
+        v121 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v116 = tl.load(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v122 = tl.dot(v121.to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v147 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v115 = tl.load(scratch + 3 * HID * D + 17 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v150 = (v115 + v122 + v147)
             v151 = v150
-            tl.store(scratch + 2 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
+            tl.store(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
+            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v112 = (v87 * v69[:, None])
-            v113 += tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v119 = (v87 * v68[:, None])
-            v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
-        v144 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v113 = tl.zeros((C, BV), DTYPE)
+        v120 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v112 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v111 = tl.load(scratch + 3 * HID * D + 17 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v113 += tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v119 = (v87 * v68[:, None])
+            v116 = tl.load(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v148 = (v113 + v120 + v144)
         v149 = v148
-        tl.store(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
         v169 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v163 = tl.load(scratch + 3 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v167_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v167 = (v163 * (0.5 + (0.5 * tl.math.erf(v167_c0)) + (v167_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 2 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
+            tl.store(scratch + 3 * HID * D + 20 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v149 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v149 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v170 = (v149 + v169)
         v171 = tl.sum((v170), axis=1)
         v172 = (v171 / (D))
         v173 = ((-1.0) * v172)
         v174 = (v170 + v173[:, None])
         v175 = (2.0 * v29[:, None] * v174)
-        v18 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v176 = (2.0 * v18 * v174)
         v177 = tl.sum((v176), axis=1)
         v178 = (v177 / (D))
-        v25 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = ((-0.5) * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v182 = ((-0.5) * v18 * ln_weight[None, :] * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v185 = (ln_weight[None, :] * v174 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
@@ -1027,39 +1381,55 @@ def chunk_state_bwd_kernel(
         v195 = tl.sum((v194), axis=1)
         v196 = (v195 / (D))
         v197 = (v193 + v196[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
         v103 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v104 = tl.sum((v103), axis=0)
         v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v102 = tl.sum((v101), axis=0)
-        v35 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v72 = tl.load(scratch + 2 * HID * D + 14 * C * HID + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v141 = tl.load(scratch + 2 * HID * D + 14 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v151 = tl.load(scratch + 2 * HID * D + 12 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v151 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v200 = (v151 + v198)
             v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v201_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
             v201 = (v200 * (0.5 + (0.5 * tl.math.erf(v201_c0)) + (v201_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v166 = tl.load(scratch + 2 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v166 = tl.load(scratch + 3 * HID * D + 16 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v202 = (v166 + v201)
             v203 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v202.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v129 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-            v165 = tl.load(scratch + HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v165 = tl.load(scratch + HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v207 = (v129 + v165 + v203)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v118 = (v100 * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 21 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
+        tl.debug_barrier()
+        v35 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v82 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v157 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v167 = tl.load(scratch + 2 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 3 * HID * D + 21 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v157)
+            v167 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 21 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v168)
+        tl.debug_barrier()
+        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v197 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v13 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v118 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v157 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v168 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v206 = (v118 + v157 + v168 + v199)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1067,16 +1437,26 @@ def chunk_state_bwd_kernel(
             v123 = (v104 * d_new_s1)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v128 = (v102 * d_new_w1)
-            v159 = tl.load(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v159 = tl.load(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v205 = (v123 + v128 + v164)
             tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(d_init_s1_ptr.dtype.element_ty), mask=c == 0)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v110 = (v104 * d_new_s2)
+            tl.store(scratch + 3 * HID * D + 21 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v110)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v117 = (v102 * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 21 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v117)
+        tl.debug_barrier()
+        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v84 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v154 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v110 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v117 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v204 = (v110 + v117 + v154)
             tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(d_init_s2_ptr.dtype.element_ty), mask=c == 0)
@@ -1159,7 +1539,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + C * BV + C * C + C * D)  # v12, v13, v63, v67, v68, v74, v35, v53, v62
+    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * BV + C * C + 3 * C * D)  # v12, v13, v63, v66, v67, v68, v69, v74, v104, v106, v35, v53, v62, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1195,7 +1575,7 @@ def chunk_grad_q_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1209,10 +1589,10 @@ def chunk_grad_q_1_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
@@ -1220,9 +1600,10 @@ def chunk_grad_q_1_bwd_kernel(
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    v73 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1234,35 +1615,51 @@ def chunk_grad_q_1_bwd_kernel(
         v63 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 10 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v61 = (v58 + v60)
+        v66 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v61 - v66)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
         v68_c0 = (0.5 * v67)
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v76 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1288,26 +1685,36 @@ def chunk_grad_q_1_bwd_kernel(
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+    tl.debug_barrier()
+    v107 = tl.load(scratch + 10 * C * HID + C * BV + C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v104 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
         v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v111 = ((-1.0) * v110)
         v63 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v113 = (v53 * v112)
-    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1347,7 +1754,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C)  # v12, v13, v67, v68, v74, v35, v53
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * BV + C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v35, v53, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1383,7 +1790,7 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1397,7 +1804,7 @@ def chunk_grad_q_2_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1407,9 +1814,10 @@ def chunk_grad_q_2_bwd_kernel(
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    v73 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1420,35 +1828,51 @@ def chunk_grad_q_2_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v63 = v37
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v61 = (v58 + v60)
+        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v61 - v66)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
         v68_c0 = (0.5 * v67)
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v76 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1474,18 +1898,28 @@ def chunk_grad_q_2_bwd_kernel(
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+    tl.debug_barrier()
+    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v104 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
         v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v111 = (v110 * v56[:, None])
@@ -1529,7 +1963,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C)  # v12, v13, v67, v68, v74, v35, v53
+    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * BV + C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v35, v53, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1565,7 +1999,7 @@ def chunk_grad_q_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1579,7 +2013,7 @@ def chunk_grad_q_3_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1589,9 +2023,10 @@ def chunk_grad_q_3_bwd_kernel(
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    v73 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1602,35 +2037,51 @@ def chunk_grad_q_3_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v63 = v37
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v61 = (v58 + v60)
+        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 = (v61 - v66)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
         v68_c0 = (0.5 * v67)
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v76 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
+        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1656,18 +2107,28 @@ def chunk_grad_q_3_bwd_kernel(
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+    tl.debug_barrier()
+    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v74 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v104 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
         v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v111 = (v110 * v43[:, None])
@@ -1711,7 +2172,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + C * BV + 2 * C * C + C * D)  # v12, v13, v76, v80, v81, v87, v35, v61, v62, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D)  # v12, v13, v76, v79, v80, v81, v82, v87, v123, v125, v35, v61, v62, v72, v70, v126, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1747,7 +2208,7 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1760,9 +2221,9 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1772,9 +2233,10 @@ def chunk_grad_k_0_bwd_kernel(
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1786,35 +2248,51 @@ def chunk_grad_k_0_bwd_kernel(
         v76 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -1840,27 +2318,37 @@ def chunk_grad_k_0_bwd_kernel(
     v122 = (v62 * v121)
     v124 = (v119 * v65[:, None])
     v126 = (v119 * v49[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
+    tl.debug_barrier()
+    v126 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v131 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v123 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v125 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v128 = (v123 + v125 + v127)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v129_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v129 = (v128 * (0.5 + (0.5 * tl.math.erf(v129_c0)) + (v129_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v130 = ((-1.0) * v129)
         v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v132 = (v62 * v131)
     v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v133)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -1871,7 +2359,7 @@ def chunk_grad_k_0_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 6 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v106 = tl.zeros((C, D), DTYPE)
@@ -1888,7 +2376,7 @@ def chunk_grad_k_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w1)
         v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v133 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v134 = (v106 + v109 + v133)
     v135 = v134
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1929,7 +2417,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1947,7 +2435,7 @@ def chunk_grad_k_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1966,7 +2454,7 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1979,23 +2467,24 @@ def chunk_grad_k_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2006,35 +2495,51 @@ def chunk_grad_k_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -2060,72 +2565,115 @@ def chunk_grad_k_1_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -2171,7 +2719,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + 5 * C * BV + 2 * C * C)  # v12, v13, v36, v116, v119, v80, v87, v81, v149, v150, v139, v18, v25, v62, v78, v88, v132, v137
+    scratch = scratch_ptr + slot * (18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 3 * C * D + 3 * C * C)  # v12, v13, v36, v116, v117, v119, v71, v80, v87, v81, v82, v134, v141, v149, v150, v104, v108, v109, v113, v139, v110, v18, v25, v118, v62, v78, v70, v72, v88, v133, v142, v107, v112, v132, v106, v137
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2189,7 +2737,7 @@ def chunk_grad_k_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -2198,7 +2746,7 @@ def chunk_grad_k_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -2234,23 +2782,25 @@ def chunk_grad_k_2_bwd_kernel(
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v118 = (v75 * v68[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v118)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     v78 = (v77 * v62)
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v88 = v35
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 3 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2263,42 +2813,67 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v117 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 4 * C * HID + offs_h[:, None] * D + offs_i[None, :], v117)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v118 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v117 = tl.load(scratch + 4 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v119)
+        tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v119)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v71)
+    tl.debug_barrier()
+    v72 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v71 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v74 = (v71 + v73)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v80 = (v74 - v79)
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v80)
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v87)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v88 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 3 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -2321,36 +2896,46 @@ def chunk_grad_k_2_bwd_kernel(
     v130 = ((-1.0) * v129)
     v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v133 = (v62 * v131)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v133)  # park
     v140 = (v129 * v65[:, None])
     v142 = (v129 * v49[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
     v107 = (v88 * v69[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v112 = (v88 * v68[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
-    v111 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v134)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v141)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v142 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v134 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v141 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 = (v134 + v141 + v143)
-        v80 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v145_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v145 = (v144 * (0.5 + (0.5 * tl.math.erf(v145_c0)) + (v145_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v146 = ((-1.0) * v145)
         v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v116 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v119 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v119 = tl.load(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v148 = (v116 + v119 + v147)
         v149 = v148
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v149)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v149)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v150_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -2358,50 +2943,81 @@ def chunk_grad_k_2_bwd_kernel(
         v150_c2 = (0.5 * (v12 * v12))
         v150_c3 = tl.exp(((-1.0) * v150_c2))
         v150 = (v36 * v149 * ((v150_c0 * v150_c1 * v150_c3) - (v150_c0 * v150_c1 * v150_c2 * v150_c3)))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v150)
+        tl.store(scratch + 13 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v150)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    v107 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v104 = tl.load(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v108)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v109 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v109)
         v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v108 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v113 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 = (v108 + v113 + v135)
         v139 = v138
-        tl.store(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
+        tl.store(scratch + 16 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
+        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v105 = (v87 * v69[:, None])
+        v104 = tl.load(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v110 = (v87 * v68[:, None])
-        v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 17 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    v132 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v106)  # park
+    v111 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v110 = tl.load(scratch + 17 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v132 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v106 + v111 + v132)
     v137 = v136
-    tl.store(scratch + 11 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
     v152 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v149 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v149 = tl.load(scratch + 12 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v151_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v151 = (v149 * (0.5 + (0.5 * tl.math.erf(v151_c0)) + (v151_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v137 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v137 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = (v137 + v152)
     v154 = tl.sum((v153), axis=1)
     v155 = (v154 / (D))
     v156 = ((-1.0) * v155)
     v157 = (v153 + v156[:, None])
     v158 = (2.0 * v29[:, None] * v157)
-    v18 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v159 = (2.0 * v18 * v157)
     v160 = tl.sum((v159), axis=1)
     v161 = (v160 / (D))
-    v25 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
@@ -2427,12 +3043,12 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v139 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v139 = tl.load(scratch + 16 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v182 = (v139 + v181)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v183_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v183 = (v182 * (0.5 + (0.5 * tl.math.erf(v183_c0)) + (v183_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v150 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v150 = tl.load(scratch + 13 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v184 = (v150 + v183)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -2474,7 +3090,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2492,7 +3108,7 @@ def chunk_grad_v_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -2511,7 +3127,7 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -2524,23 +3140,24 @@ def chunk_grad_v_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2551,35 +3168,51 @@ def chunk_grad_v_0_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -2605,72 +3238,115 @@ def chunk_grad_v_0_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -2714,7 +3390,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2750,7 +3426,7 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -2763,23 +3439,24 @@ def chunk_grad_v_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2790,35 +3467,51 @@ def chunk_grad_v_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -2844,66 +3537,109 @@ def chunk_grad_v_1_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -2949,7 +3685,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + C * C)  # v12, v13, v68, v69, v75, v35, v54, v107
+    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v111, v113, v35, v54, v60, v58, v107, v114
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2985,7 +3721,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
@@ -2999,7 +3735,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -3009,9 +3745,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    v74 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3022,35 +3759,51 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v64 = v37
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+    tl.debug_barrier()
+    v58 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v62 = (v59 + v61)
+        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v62 - v67)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69_c0 = (0.5 * v68)
         v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         v70 = (v69 * v44[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 = (v69 * v57[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v77 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v54 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -3071,35 +3824,48 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v110 = (v54 * v109)
     v112 = (v107 * v57[:, None])
     v114 = (v107 * v44[:, None])
-    v123 = tl.zeros((C,), DTYPE)
-    v116 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v114)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v75 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v75 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v111)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v111 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v113 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119 = (v111 + v113 + v115)
-        v68 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
         v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v121 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v122 = (v120 * v121)
         v123 += tl.sum((v122), axis=1)
-        v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+    v116 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v107 * v116)
     v118 = tl.sum((v117), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -3157,7 +3923,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v13, v54
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v13, v55, v67, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3195,9 +3961,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v57 = v35
     v54 = k
-    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v66 = tl.zeros((C,), DTYPE)
-    v68 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3214,11 +3979,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v55 = v37
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v67 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v67)
+    tl.debug_barrier()
+    v68 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v55 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v54 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v66 + v70)
@@ -3282,7 +4055,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 6 * C * C)  # v12, v13, v64, v68, v69, v75, v121, v35, v53, v54, v65, v77, v107, v109, v129
+    scratch = scratch_ptr + slot * (11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D)  # v12, v13, v64, v67, v68, v69, v70, v75, v112, v114, v121, v35, v53, v54, v65, v60, v58, v77, v107, v109, v118, v129
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3318,7 +4091,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
@@ -3331,22 +4104,23 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-    tl.store(scratch + 7 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v53)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v53)  # park
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v66 = (v65 * v54)
     v50 = tl.exp(v47)  # cumulative decay in the chunk
     v55 = v50
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
+    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    v74 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3358,37 +4132,53 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+    tl.debug_barrier()
+    v58 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v62 = (v59 + v61)
+        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v62 - v67)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69_c0 = (0.5 * v68)
         v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         v70 = (v69 * v44[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 = (v69 * v57[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v77 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 7 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 11 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -3409,37 +4199,51 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
-    tl.store(scratch + 7 * C * HID + C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     v110 = (v54 * v109)
     v113 = (v107 * v57[:, None])
     v118 = (v107 * v44[:, None])
-    v127 = tl.zeros((C,), DTYPE)
-    v115 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v118)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v75 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v75 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v112 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
+    tl.debug_barrier()
+    v118 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v127 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v119 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v114 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v120 = (v112 + v114 + v119)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v121_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
         v121 = (v120 * (0.5 + (0.5 * tl.math.erf(v121_c0)) + (v121_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
+        tl.store(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v125 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v126 = (v121 * v125)
         v127 += tl.sum((v126), axis=1)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v107 = tl.load(scratch + 11 * C * HID + C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = (v107 * v115)
     v117 = tl.sum((v116), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -3457,25 +4261,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
     v128 = (v97 + v117 + v127)
     v129 = (v55[None, :] * v128[:, None])
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * C + offs_t[:, None] * C + offs_u[None, :], v129)  # park
+    tl.store(scratch + 11 * C * HID + 3 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v129)  # park
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v121 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v121 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v122 = ((-1.0) * v121)
         v64 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 11 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v124 = (v65 * v123)
-    v77 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v109 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = (v77 * v109)
     v130 = (v111 + v124)
-    v53 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v53 = tl.load(scratch + 11 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v129 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v132 = (v129 + v131)
     v133 = v132
     v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
@@ -3520,7 +4324,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 7 * C * C + 2 * C * BV + C * D)  # v12, v79, v68, v72, v73, v133, v57, v80, v67, v69, v58, v81, v119, v121, v145, v123
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * BV + C * D)  # v12, v79, v68, v102, v66, v72, v73, v124, v126, v133, v57, v80, v67, v69, v58, v70, v81, v119, v121, v130, v145, v123
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -3535,7 +4339,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v49 = gate_eta
     v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :], v57)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3573,11 +4377,10 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v80 = v35
-    tl.store(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v67 = k
-    tl.store(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v101 = tl.zeros((C,), DTYPE)
-    v107 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3596,13 +4399,20 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v102 = ((-1.0) * d_new_w1)
-        v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
     tl.debug_barrier()
-    v67 = tl.load(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = (v67 * v107)
     v109 = tl.sum((v108), axis=1)
     v140 = (v101 + v109)
-    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v141 = (v57 * v140[:, None])
     v142 = tl.sum((v141), axis=0)
     v143 = v142
@@ -3629,15 +4439,15 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v60 = (v55 * v59[None, :])
     v61 = tl.sum((v60), axis=1)
     v64 = (q * v61[:, None])
-    v67 = tl.load(scratch + 6 * C * HID + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
     v70 = (v69 * v58)
-    v78 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3646,13 +4456,21 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v66 = (v63 + v65)
+        tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v66)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v78 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v72 = (v66 - v71)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v72)
+        tl.store(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v72)
         v73_c0 = (0.5 * v72)
         v73 = (v73_c0 * (1.0 + tl.math.erf((v73_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v73)
         v74 = (v73 * v48[:, None])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v78 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -3664,14 +4482,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v82 = (v81 * v58)
-    v80 = tl.load(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v84 = (v78 - v83)
     v85 = tl.sum((v84), axis=1)
@@ -3691,42 +4509,52 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v117 = tl.sum((v116), axis=1)
     v118 = (v117 / (D))
     v119 = (v115 + v118[:, None])
-    tl.store(scratch + 6 * C * HID + 4 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
     v127 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 6 * C * HID + 4 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = (v119 * v127)
     v129 = tl.sum((v128), axis=1)
     v120 = ((-1.0) * v119)
-    v80 = tl.load(scratch + 6 * C * HID + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 4 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v122 = (v58 * v121)
     v125 = (v119 * v61[:, None])
     v130 = (v119 * v48[:, None])
-    v139 = tl.zeros((C,), DTYPE)
+    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v130)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v124 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v124)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v126)
+    tl.debug_barrier()
+    v130 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v139 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v124 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v126 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v132 = (v124 + v126 + v131)
-        v72 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v72 = tl.load(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v133_c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
         v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v133)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v137 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v138 = (v133 * v137)
@@ -3734,28 +4562,28 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tl.debug_barrier()
     v144 = (v106 + v129 + v139)
     v145 = (v59[None, :] * v144[:, None])
-    tl.store(scratch + 6 * C * HID + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * C * HID + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v121 = tl.load(scratch + 6 * C * HID + 4 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v121 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v123 = (v81 * v121)
-    tl.store(scratch + 6 * C * HID + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
     v135 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v133 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v133 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v134 = ((-1.0) * v133)
         v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 6 * C * HID + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v136 = (v69 * v135)
-    v123 = tl.load(scratch + 6 * C * HID + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v123 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v146 = (v123 + v136)
-    v57 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = tl.load(scratch + 6 * C * HID + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v145 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v148 = (v145 + v147)
     v149 = v148
     v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
@@ -3802,7 +4630,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v50, v48
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v50, v49, v61, v48
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -3849,9 +4677,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
-    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
-    v62 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3867,11 +4694,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v49 = v37
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
+    tl.debug_barrier()
+    v62 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -3915,7 +4750,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v70, v74, v75, v81, v35, v56, v59, v69, v71, v83, v82, v117, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3951,13 +4786,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -3966,21 +4801,22 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
     v61 = (v56 * v60[None, :])
     v62 = tl.sum((v61), axis=1)
     v66 = (q * v62[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v64 = (q * v49[:, None])
-    v80 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3992,39 +4828,55 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v70 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
         v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    v64 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v68 = (v65 + v67)
+        v73 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = (v68 - v73)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v75_c0 = (0.5 * v74)
         v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
         v76 = (v75 * v49[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v75 * v62[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v83 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v81 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-        v75 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
-    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
-    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -4046,39 +4898,48 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
+    tl.debug_barrier()
+    v123 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v120 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v122 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v125 = (v120 + v122 + v124)
-        v74 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
         v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
-    v83 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
-    v56 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v56 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v82 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4087,14 +4948,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = ((-1.0) * d_new_w2)
         v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v100 = (v81 * v99)
         v101 += tl.sum((v100), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -4104,7 +4965,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
@@ -4148,7 +5009,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 2 * C * C)  # v12, v13, v68, v69, v75, v35, v51, v54, v113
+    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v117, v119, v35, v51, v54, v60, v58, v113, v123
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4184,13 +5045,13 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
     v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v47 = tl.cumsum(v46, axis=0, reverse=False)
@@ -4199,7 +5060,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -4209,9 +5070,10 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
+    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    v74 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4222,35 +5084,51 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v64 = v37
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+    tl.debug_barrier()
+    v58 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v62 = (v59 + v61)
+        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v68 = (v62 - v67)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69_c0 = (0.5 * v68)
         v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         v70 = (v69 * v44[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v74 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 = (v69 * v57[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v77 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v75 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v54 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
@@ -4271,35 +5149,48 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v111 = tl.sum((v110), axis=1)
     v112 = (v111 / (D))
     v113 = (v109 + v112[:, None])
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v116 = (v54 * v115)
     v118 = (v113 * v57[:, None])
     v123 = (v113 * v44[:, None])
-    v129 = tl.zeros((C,), DTYPE)
-    v120 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v75 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v75 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v117 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
+    tl.debug_barrier()
+    v123 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v129 = tl.zeros((C,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v117 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v119 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v125 = (v117 + v119 + v124)
-        v68 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v126_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
         v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v127 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v128 = (v126 * v127)
         v129 += tl.sum((v128), axis=1)
-        v69 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+    v120 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v113 * v120)
     v122 = tl.sum((v121), axis=1)
     v102 = tl.zeros((), DTYPE)
@@ -4316,7 +5207,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
     v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
     v130 = (v103 + v122 + v129)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v51 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v131 = (v51 * v130[:, None])
     v132 = tl.sum((v131), axis=0)
     v133 = v132
@@ -4375,7 +5266,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v12, v50, v48
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v50, v49, v61, v48
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4423,9 +5314,8 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
-    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
-    v62 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4441,11 +5331,19 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v49 = v37
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v61 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
+    tl.debug_barrier()
+    v62 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -4493,7 +5391,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v70, v74, v75, v81, v35, v56, v59, v69, v71, v83, v82, v117, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4529,13 +5427,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -4544,21 +5442,22 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
     v61 = (v56 * v60[None, :])
     v62 = tl.sum((v61), axis=1)
     v66 = (q * v62[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v64 = (q * v49[:, None])
-    v80 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4570,39 +5469,55 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v70 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
         v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+    tl.debug_barrier()
+    v64 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v68 = (v65 + v67)
+        v73 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 = (v68 - v73)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
         v75_c0 = (0.5 * v74)
         v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
         v76 = (v75 * v49[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v80 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 = (v75 * v62[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v83 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v81 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-        v75 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
+        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
-    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
-    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -4624,39 +5539,48 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
+    tl.debug_barrier()
+    v123 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v120 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v122 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v125 = (v120 + v122 + v124)
-        v74 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v74 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
         v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
-    v83 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
-    v56 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v56 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v82 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4665,14 +5589,14 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = ((-1.0) * d_new_w2)
         v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v100 = (v81 * v99)
         v101 += tl.sum((v100), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -4682,7 +5606,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (v50[None, :] * v135)
@@ -4728,7 +5652,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 6 * C * C + C * D)  # v12, v13, v72, v76, v77, v83, v35, v58, v61, v71, v73, v85, v84, v127, v145
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v72, v75, v76, v77, v78, v83, v130, v132, v35, v58, v61, v71, v73, v68, v66, v85, v84, v127, v133, v145
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4764,13 +5688,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -4779,21 +5703,22 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v50 = gate_eta
     v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v71 = k
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
     v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
     v74 = (v73 * v61)
     v57 = tl.exp(v52)  # cumulative decay in the chunk
     v62 = v57
     v63 = (v58 * v62[None, :])
     v64 = tl.sum((v63), axis=1)
     v68 = (q * v64[:, None])
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v68)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v66 = (q * v49[:, None])
-    v82 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4805,39 +5730,55 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v72 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
         v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
+    tl.debug_barrier()
+    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = (v67 + v69)
+        v75 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 = (v70 - v75)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
         v77_c0 = (0.5 * v76)
         v77 = (v77_c0 * (1.0 + tl.math.erf((v77_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
         v78 = (v77 * v49[:, None])
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v78)
+    tl.debug_barrier()
+    v82 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v82 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v77 * v64[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v82 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v85 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 = v13
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
-        v77 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
+        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v86 = (v85 * v61)
-    v35 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = v35
-    tl.store(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v88 = (v82 - v87)
     v89 = tl.sum((v88), axis=1)
@@ -4859,39 +5800,48 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
     v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
     v128 = (v61 * v127)
     v131 = (v125 * v64[:, None])
     v133 = (v125 * v49[:, None])
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
+    tl.debug_barrier()
+    v133 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v138 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v83 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v132 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v135 = (v130 + v132 + v134)
-        v76 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v76 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v136_c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
         v136 = (v135 * (0.5 + (0.5 * tl.math.erf(v136_c0)) + (v136_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v137 = ((-1.0) * v136)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v73 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v139 = (v73 * v138)
-    v85 = tl.load(scratch + 6 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v127 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v127 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v85 * v127)
     v144 = (v129 + v139)
-    v58 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v58 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 6 * C * HID + C * BV + 4 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v107 = tl.zeros((C,), DTYPE)
     v113 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4900,14 +5850,14 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_w2)
         v105 = tl.dot(v84.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v106 = (v83 * v105)
         v107 += tl.sum((v106), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v112 = ((-1.0) * d_new_w1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v71 * v113)
     v115 = tl.sum((v114), axis=1)
     v142 = (v107 + v115)
@@ -4917,7 +5867,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v65 = v48
     v143 = (v65[None, :] * v142[:, None])
-    v145 = tl.load(scratch + 6 * C * HID + 2 * C * BV + 5 * C * C + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v145 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v146 = (v143 + v145)
     v147 = tl.trans(v146)
     v148 = (v50[None, :] * v147)
@@ -4931,14 +5881,14 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v100 = ((-1.0) * d_new_s2)
         v101 = tl.dot(v84.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = (v83 * v101)
         v103 += tl.sum((v102), axis=1)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v108 = ((-1.0) * d_new_s1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v71 * v109)
     v111 = tl.sum((v110), axis=1)
     v140 = (v103 + v111)
@@ -4988,7 +5938,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * C + C * BV)  # v61, v12, v13, v68, v53, v65, v35
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C + C * BV)  # v61, v12, v13, v68, v69, v53, v65, v35
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -5013,10 +5963,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     v65 = (v64 * v53)
-    tl.store(scratch + 4 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
-    v14 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5026,6 +5975,12 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v61 = (v58 + v60)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
         v13_c0 = (0.5 * v12)
@@ -5055,10 +6010,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 4 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v73 = tl.zeros((C, BV), DTYPE)
+    v65 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5075,11 +6029,19 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
         v69 = (v68 * v43[:, None])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v73 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v76 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5088,9 +6050,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 4 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -5141,7 +6103,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v25, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5159,7 +6121,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5168,7 +6130,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5179,7 +6141,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5192,23 +6154,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5219,35 +6182,51 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5273,76 +6252,119 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
-    v25 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v154 = tl.sum((v153), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -5383,7 +6405,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v25, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v25, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5409,7 +6431,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5420,7 +6442,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5433,23 +6455,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5460,35 +6483,51 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5514,72 +6553,115 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v25 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v151 = tl.sum((v150), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -5620,7 +6702,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5638,7 +6720,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5657,7 +6739,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5670,23 +6752,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5697,35 +6780,51 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -5751,72 +6850,115 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))
@@ -5902,7 +7044,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 3 * C * C + C * D)  # v12, v13, v80, v81, v87, v18, v35, v61, v62, v75, v78, v128
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5920,7 +7062,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5939,7 +7081,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -5952,23 +7094,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    v86 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5979,35 +7122,51 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v76 = v37
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 = (v74 - v79)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
         v81_c0 = (0.5 * v80)
         v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
         v82 = (v81 * v49[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v89 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v87 = v13
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
+        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -6033,72 +7192,115 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v129 = (v62 * v127)
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
-    v61 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    v106 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
+    tl.debug_barrier()
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
         v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v139 = ((-1.0) * v138)
         v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v113 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
+    tl.debug_barrier()
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v110 = ((-1.0) * d_new_s1)
         v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v141 = (v112 + v115 + v140)
         v142 = v141
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
         v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+    tl.debug_barrier()
+    v144 = tl.zeros((C, BV), DTYPE)
+    v109 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v87 * v68[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w2)
         v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v105 = (v87 * v69[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v104 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
+    tl.debug_barrier()
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v106 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v128 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (2.0 * v18 * v149)
     v151 = tl.sum((v150), axis=1)
     v152 = (v151 / (D))

@@ -26,12 +26,12 @@ DESCRIPTION = {'spec': 'ttt_mlp',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'], ['t', 'h']],
+                           'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o']],
+                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o'], ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False},
@@ -43,11 +43,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
                                        ['h', 'i'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
                                        ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'o'],
@@ -55,7 +62,11 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 'o'],
+                                       ['t', 's'],
+                                       ['s', 'i'],
                                        ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 17.5,
@@ -71,7 +82,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -83,7 +97,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -95,7 +112,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i']],
@@ -107,13 +127,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 'o'],
+                                          ['s', 'i'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
@@ -129,8 +154,14 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['o', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -142,13 +173,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 'o'],
+                                          ['s', 'i'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 10.0,
@@ -158,18 +194,23 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 'o'],
+                                          ['s', 'i'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
                               'tiles': 9.0,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'i']],
+                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['h', 'i'], ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -179,7 +220,10 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'h'],
+                                                 ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
                                                  ['s', 'o'],
@@ -189,7 +233,12 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                      'tiles': 8.0,
                                      'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 's']],
+                                      'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 's'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 7.0,
                                       'sub_chunks': False},
@@ -198,7 +247,11 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -206,6 +259,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'i'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 11.0,
@@ -215,13 +269,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'i'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
@@ -231,13 +290,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'h'],
                                                   ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'i'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 10.0,
@@ -252,13 +316,18 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'h'],
                                                 ['s', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'h'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
                                                 ['t', 'o'],
+                                                ['s', 'i'],
                                                 ['s', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 10.0,
@@ -305,7 +374,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * C * HID)  # v8, v9
+        scratch = scratch_ptr + slot * (3 * C * HID + C * BV)  # v8, v9, v42, v47
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v10 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -348,6 +417,7 @@ def chunk_state_fwd_kernel(
         v40 = k
         v43 = v31
         v47 = (v43 * v39[:, None])
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * D + offs_o[None, :], v47)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -365,7 +435,15 @@ def chunk_state_fwd_kernel(
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v46.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v42 = v9
+            tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
+        tl.debug_barrier()
+        v47 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v42 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v48 = tl.dot(tl.trans(v47).to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v49 = (w2 - v48)  # layer 2 end state
             tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v49.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v49.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
@@ -408,7 +486,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + C * BV)  # v8, v9, v44, v50
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * BV)  # v8, v9, v42, v44, v31, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -444,13 +522,13 @@ def chunk_out_fwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -461,29 +539,37 @@ def chunk_out_fwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v39 = v33
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v37 - v42)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v31 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -535,17 +621,16 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (11 * C * HID + HID * D + C * D + C * C + 7 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v101, v100, v102, v92, v103, v42, v45, v14, v21, v31, v51, v82, v85, v90
+        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v96, v101, v72, v97, v100, v102, v65, v69, v92, v103, v94, v104, v42, v45, v14, v21, v31, v51, v82, v86, v71, v68, v85, v90, v133
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = k
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v42)  # park
         v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v38 = gate_eta
         v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-        v10 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -557,13 +642,18 @@ def chunk_state_bwd_kernel(
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        tl.debug_barrier()
+        v10 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :], v14)  # park
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
@@ -572,7 +662,7 @@ def chunk_state_bwd_kernel(
         v20 = (v18 + v19)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
         v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
@@ -583,13 +673,11 @@ def chunk_state_bwd_kernel(
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
         v51 = v31
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v45 = tl.load(scratch + 11 * C * HID + HID * D + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v49 = tl.zeros((C, BV), DTYPE)
-        v52 = tl.zeros((C, C), DTYPE)
+        v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -610,11 +698,19 @@ def chunk_state_bwd_kernel(
             v48_c0 = (0.5 * v47)
             v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         tl.debug_barrier()
+        v49 = tl.zeros((C, BV), DTYPE)
+        v52 = tl.zeros((C, C), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v55 = (v49 - v54)
         v56 = tl.sum((v55), axis=1)
@@ -634,19 +730,21 @@ def chunk_state_bwd_kernel(
         v80 = tl.sum((v79), axis=1)
         v81 = (v80 / (D))
         v82 = (v78 + v81[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
         v83 = ((-1.0) * v82)
         v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v40 = (v37 * v38)
         tl.debug_barrier()  # parked tiles other threads stored
-        v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v42 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v71 = (v42 * v40[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
         v68 = (v51 * v40[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v68)  # park
         v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-        v67 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -658,16 +756,33 @@ def chunk_state_bwd_kernel(
             v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v96_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
             v96 = (v95 * (0.5 + (0.5 * tl.math.erf(v96_c0)) + (v96_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+        tl.debug_barrier()
+        v71 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
+            tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v70 = ((-1.0) * d_new_w1)
             v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 8 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v72)
             v97 = ((-1.0) * v96)
+            tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v97)
+        tl.debug_barrier()
+        v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v68 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v97 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v98 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v72 = tl.load(scratch + 8 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
             v99 = (v72 + v98)
             v100 = v99
-            tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
+            tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v102_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -675,46 +790,57 @@ def chunk_state_bwd_kernel(
             v102_c2 = (0.5 * (v8 * v8))
             v102_c3 = tl.exp(((-1.0) * v102_c2))
             v102 = (v32 * v100 * ((v102_c0 * v102_c1 * v102_c3) - (v102_c0 * v102_c1 * v102_c2 * v102_c3)))
-            tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
+            tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v65 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v65)
             v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
+        tl.debug_barrier()
+        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v67 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v69 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v91 = (v69 + v88)
             v92 = v91
-            tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v92)
+            tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+            v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v66 = (v50 * v40[:, None])
+            v65 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v85 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v85 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v67 + v85)
         v90 = v89
-        tl.store(scratch + 11 * C * HID + HID * D + C * D + C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
         v105 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v100 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v103_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v103 = (v100 * (0.5 + (0.5 * tl.math.erf(v103_c0)) + (v103_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v103)
+            tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v90 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v106 = (v90 + v105)
         v107 = tl.sum((v106), axis=1)
         v108 = (v107 / (D))
         v109 = ((-1.0) * v108)
         v110 = (v106 + v109[:, None])
         v111 = (2.0 * v25[:, None] * v110)
-        v14 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v112 = (2.0 * v14 * v110)
         v113 = tl.sum((v112), axis=1)
         v114 = (v113 / (D))
-        v21 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v21 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = ((-0.5) * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v118 = ((-0.5) * v14 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v121 = (ln_weight[None, :] * v110 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
@@ -734,33 +860,47 @@ def chunk_state_bwd_kernel(
         v131 = tl.sum((v130), axis=1)
         v132 = (v131 / (D))
         v133 = (v129 + v132[:, None])
-        v31 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v82 = tl.load(scratch + 11 * C * HID + HID * D + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v92 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v92 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v136 = (v92 + v134)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v137_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
             v137 = (v136 * (0.5 + (0.5 * tl.math.erf(v137_c0)) + (v137_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v102 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v102 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
             v138 = (v102 + v137)
             v139 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v138.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v101 = tl.load(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v101 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v141 = (d_new_w1 + v101 + v139)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+        tl.debug_barrier()
+        v31 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v94 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v103 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v94)
+            v103 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v104)
+        tl.debug_barrier()
+        v133 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v135 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v94 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v104 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v140 = (d_new_w2 + v94 + v104 + v135)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -843,7 +983,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + C * D + 2 * C * BV)  # v8, v9, v39, v43, v44, v46, v38, v47, v50
+    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + C * D)  # v8, v9, v39, v42, v43, v44, v46, v78, v31, v38, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -879,14 +1019,14 @@ def chunk_grad_q_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -898,32 +1038,40 @@ def chunk_grad_q_1_bwd_kernel(
         v39 = v33
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v37 - v42)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 6 * C * HID + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 6 * C * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -943,26 +1091,32 @@ def chunk_grad_q_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 6 * C * HID + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    v79 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v46 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v76 = (v74 + v75)
-        v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
         v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v78 = ((-1.0) * v77)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v78)
+    tl.debug_barrier()
+    v79 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
-    v38 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1002,7 +1156,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV)  # v8, v9, v43, v44, v46, v47, v50
+    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV)  # v8, v9, v42, v43, v44, v46, v77, v31, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1038,13 +1192,13 @@ def chunk_grad_q_2_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1055,32 +1209,40 @@ def chunk_grad_q_2_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v39 = v33
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v37 - v42)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v31 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -1100,22 +1262,28 @@ def chunk_grad_q_2_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v76 = (v74 + v75)
-        v43 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
         v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    v78 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v77 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1155,7 +1323,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + C * D)  # v8, v9, v43, v47, v48, v50, v51, v54, v88
+    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + C * D)  # v8, v9, v43, v46, v47, v48, v50, v85, v31, v51, v54, v88
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1191,13 +1359,13 @@ def chunk_grad_k_0_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1209,32 +1377,40 @@ def chunk_grad_k_0_bwd_kernel(
         v43 = v33
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1254,27 +1430,33 @@ def chunk_grad_k_0_bwd_kernel(
     v76 = (v75 / (D))
     v77 = (v73 + v76[:, None])
     v78 = ((-1.0) * v77)
-    v51 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
-    v86 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v83 = (v81 + v82)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v84_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v84 = (v83 * (0.5 + (0.5 * tl.math.erf(v84_c0)) + (v84_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v85 = ((-1.0) * v84)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v85)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v43 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
     v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
     v67 = tl.zeros((C, D), DTYPE)
@@ -1287,7 +1469,7 @@ def chunk_grad_k_0_bwd_kernel(
         v65 = ((-1.0) * d_new_w1)
         v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = (v67 + v88)
     v90 = v89
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1328,7 +1510,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1346,7 +1528,7 @@ def chunk_grad_k_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1365,15 +1547,15 @@ def chunk_grad_k_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1384,33 +1566,42 @@ def chunk_grad_k_1_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1430,32 +1621,38 @@ def chunk_grad_k_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -1465,12 +1662,22 @@ def chunk_grad_k_1_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1478,7 +1685,7 @@ def chunk_grad_k_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -1524,7 +1731,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C * BV)  # v8, v9, v32, v72, v47, v50, v48, v99, v100, v92, v14, v21, v51, v85, v90
+    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 6 * C * BV + 2 * C * C)  # v8, v9, v32, v72, v47, v50, v48, v96, v99, v100, v65, v69, v92, v14, v21, v45, v51, v86, v68, v85, v90
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1542,7 +1749,7 @@ def chunk_grad_k_2_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1551,7 +1758,7 @@ def chunk_grad_k_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
@@ -1571,10 +1778,9 @@ def chunk_grad_k_2_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v51 = v31
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1585,9 +1791,15 @@ def chunk_grad_k_2_bwd_kernel(
         v70 = ((-1.0) * d_new_w1)
         v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
@@ -1600,11 +1812,19 @@ def chunk_grad_k_2_bwd_kernel(
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
+    v49 = tl.zeros((C, BV), DTYPE)
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v51 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
@@ -1627,10 +1847,11 @@ def chunk_grad_k_2_bwd_kernel(
     v83 = ((-1.0) * v82)
     v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v86)  # park
     v68 = (v51 * v40[:, None])
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v68)  # park
     v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    v67 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1643,11 +1864,19 @@ def chunk_grad_k_2_bwd_kernel(
         v95_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v96 = ((-1.0) * v95)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v72 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v98 = (v72 + v97)
         v99 = v98
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -1655,45 +1884,56 @@ def chunk_grad_k_2_bwd_kernel(
         v100_c2 = (0.5 * (v8 * v8))
         v100_c3 = tl.exp(((-1.0) * v100_c2))
         v100 = (v32 * v99 * ((v100_c0 * v100_c1 * v100_c3) - (v100_c0 * v100_c1 * v100_c2 * v100_c3)))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v65)
         v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v86 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v69 = tl.load(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 = (v69 + v88)
         v92 = v91
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+        tl.store(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
+        v65 = tl.load(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 10 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v89 = (v67 + v85)
     v90 = v89
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v90)  # park
     v102 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v99 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v101_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v101 = (v99 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 10 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = (v90 + v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
     v106 = ((-1.0) * v105)
     v107 = (v103 + v106[:, None])
     v108 = (2.0 * v25[:, None] * v107)
-    v14 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v109 = (2.0 * v14 * v107)
     v110 = tl.sum((v109), axis=1)
     v111 = (v110 / (D))
-    v21 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v21 = tl.load(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
@@ -1719,12 +1959,12 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v92 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v92 = tl.load(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v132 = (v92 + v131)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v133_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v100 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v134 = (v100 + v133)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -1766,7 +2006,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1784,7 +2024,7 @@ def chunk_grad_v_0_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1803,15 +2043,15 @@ def chunk_grad_v_0_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1822,33 +2062,42 @@ def chunk_grad_v_0_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1868,32 +2117,38 @@ def chunk_grad_v_0_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -1903,12 +2158,22 @@ def chunk_grad_v_0_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1916,7 +2181,7 @@ def chunk_grad_v_0_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -1960,7 +2225,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * D + 2 * C * C + 3 * C * BV)  # v8, v9, v47, v48, v50, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1996,15 +2261,15 @@ def chunk_grad_v_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2015,33 +2280,42 @@ def chunk_grad_v_1_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2061,32 +2335,38 @@ def chunk_grad_v_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -2096,12 +2376,22 @@ def chunk_grad_v_1_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2149,7 +2439,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + C * D)  # v8, v40, v38
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v8, v40, v39, v49, v38
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
@@ -2189,9 +2479,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v41 = v31
     v38 = k
-    tl.store(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v48 = tl.zeros((C,), DTYPE)
-    v50 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2207,11 +2496,19 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v39 = v33
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v49 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v49)
+    tl.debug_barrier()
+    v50 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v49 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v38 * v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v48 + v52)
@@ -2255,7 +2552,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * C + 2 * C * BV)  # v8, v9, v39, v43, v44, v46, v40, v48, v47, v50, v72
+    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + 3 * C * C)  # v8, v9, v39, v42, v43, v44, v46, v79, v31, v40, v48, v47, v50, v72
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2291,14 +2588,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2310,33 +2607,42 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v39 = v33
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v43 = (v37 - v42)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 6 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v44 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 6 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -2356,30 +2662,35 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 6 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 6 * C * HID + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v72)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v72)  # park
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    v80 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v46 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v77 = (v75 + v76)
-        v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v78_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
         v78 = (v77 * (0.5 + (0.5 * tl.math.erf(v78_c0)) + (v78_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v79 = ((-1.0) * v78)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v80 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v79 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v40 * v80)
-    v48 = tl.load(scratch + 6 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v72 = tl.load(scratch + 6 * C * HID + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v74 = (v48 * v72)
     v82 = (v74 + v81)
     v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
@@ -2423,7 +2734,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + C * C)  # v37, v8, v9, v41
+    scratch = scratch_ptr + slot * (4 * C * HID + C * C + C * BV)  # v37, v8, v9, v44, v41, v31
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
@@ -2431,8 +2742,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    tl.store(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :], v41)  # park
-    v10 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2444,9 +2754,14 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+    tl.debug_barrier()
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
@@ -2468,9 +2783,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v41 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v45 = tl.zeros((C, BV), DTYPE)
-    v48 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 4 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2485,11 +2800,21 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v43 = (v37 - v42)
         v44_c0 = (0.5 * v43)
         v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v45 = tl.zeros((C, BV), DTYPE)
+    v48 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v46 = v9
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    v31 = tl.load(scratch + 4 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v51 = (v45 - v50)
@@ -2540,7 +2865,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v21, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2558,7 +2883,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2567,7 +2892,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2578,15 +2903,15 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2597,33 +2922,42 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2643,32 +2977,38 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -2678,12 +3018,22 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2691,11 +3041,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
-    v21 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v21 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v106 = tl.sum((v105), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -2736,7 +3086,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v21, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v21, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2762,7 +3112,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2773,15 +3123,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2792,33 +3142,42 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2838,32 +3197,38 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -2873,12 +3238,22 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2886,7 +3261,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v21 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v21 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v103 = tl.sum((v102), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -2927,7 +3302,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2945,7 +3320,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2964,15 +3339,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2983,33 +3358,42 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -3029,32 +3413,38 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -3064,12 +3454,22 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3077,7 +3477,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))
@@ -3163,7 +3563,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * BV + C * D + 2 * C * C)  # v8, v9, v47, v48, v50, v14, v42, v45, v53, v51, v54, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3181,7 +3581,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -3200,15 +3600,15 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v52 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3219,33 +3619,42 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v43 = v33
         v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+    tl.debug_barrier()
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v47 = (v41 - v46)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
         v48_c0 = (0.5 * v47)
         v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
         v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v50 = v9
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -3265,32 +3674,38 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 5 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 5 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 5 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v50 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v85 + v88)
-        v47 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v68 = ((-1.0) * d_new_w1)
@@ -3300,12 +3715,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
         v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+    tl.debug_barrier()
+    v96 = tl.zeros((C, BV), DTYPE)
+    v67 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = (v50 * v40[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3313,7 +3738,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (2.0 * v14 * v101)
     v103 = tl.sum((v102), axis=1)
     v104 = (v103 / (D))

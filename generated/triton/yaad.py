@@ -28,7 +28,14 @@ DESCRIPTION = {'spec': 'yaad',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['h', 'i'], ['t', 'h'], ['t', 'h'], ['s', 'i'], ['s', 'i']],
+                           'scratch': [['h', 'i'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['s', 'h'],
+                                       ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False},
@@ -49,6 +56,7 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['s', 'i'],
                                      ['t', 's'],
                                      ['t', 'o'],
+                                     ['t', 'o'],
                                      ['s', 'o'],
                                      ['t', 'o'],
                                      ['s', 'o']],
@@ -64,11 +72,19 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
                                        ['h', 'i'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
+                                       ['o', 'h'],
                                        ['s', 'i'],
                                        ['t', 'i'],
                                        ['t', 's'],
@@ -97,9 +113,13 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 's'],
                                        ['t', 'o'],
+                                       ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['s', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 29.5,
@@ -114,7 +134,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -129,6 +151,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
@@ -145,6 +168,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -156,6 +180,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
@@ -171,7 +196,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -183,6 +210,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o'],
@@ -200,6 +228,11 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -222,12 +255,14 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
-                                          ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
+                                          ['s', 'o'],
                                           ['t', 'o'],
-                                          ['s', 'i']],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0,
                               'sub_chunks': True},
@@ -242,6 +277,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['o', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
@@ -259,6 +297,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
@@ -269,6 +308,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -280,39 +321,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'i'],
-                                          ['t', 'i'],
-                                          ['t', 's'],
-                                          ['s', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'i'],
-                                          ['s', 'i'],
-                                          ['s', 'i'],
-                                          ['s', 'i'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'i'],
-                                          ['s', 'i'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'i']],
-                              'value_blocks': 'none',
-                              'tiles': 21.0,
-                              'sub_chunks': True},
-             'grad_v_1_bwd': {'grid': 'chunks',
-                              'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
@@ -338,12 +348,57 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
+                              'value_blocks': 'none',
+                              'tiles': 21.0,
+                              'sub_chunks': True},
+             'grad_v_1_bwd': {'grid': 'chunks',
+                              'scratch': [['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'h'],
+                                          ['t', 'h'],
+                                          ['t', 'h'],
+                                          ['s', 'i'],
+                                          ['t', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['s', 'i']],
+                                          ['s', 'i'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 20.0,
                               'sub_chunks': True},
@@ -364,6 +419,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o']],
@@ -375,7 +431,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
@@ -390,6 +448,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -404,7 +463,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -412,6 +473,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'o'],
@@ -439,9 +501,12 @@ DESCRIPTION = {'spec': 'yaad',
              'grad_gate_alpha_4_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -460,7 +525,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
@@ -473,6 +540,7 @@ DESCRIPTION = {'spec': 'yaad',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -481,6 +549,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'i'],
+                                                 ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['s', 'o'],
                                                  ['s', 'o'],
@@ -497,7 +566,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
@@ -513,6 +584,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
+                                                 ['t', 's'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
@@ -537,39 +609,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
+                                                   ['s', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'i'],
-                                                   ['t', 'i'],
-                                                   ['t', 's'],
-                                                   ['s', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'i'],
-                                                   ['s', 'i'],
-                                                   ['s', 'i'],
-                                                   ['s', 'i'],
-                                                   ['s', 'o'],
-                                                   ['s', 'o'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'i'],
-                                                   ['s', 'i'],
-                                                   ['t', 's'],
-                                                   ['t', 'o'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['s', 'i']],
-                                       'value_blocks': 'none',
-                                       'tiles': 21.0,
-                                       'sub_chunks': True},
-             'grad_gate_delta_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
@@ -595,12 +636,57 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
+                                                   ['t', 'o']],
+                                       'value_blocks': 'none',
+                                       'tiles': 21.0,
+                                       'sub_chunks': True},
+             'grad_gate_delta_1_bwd': {'grid': 'chunks',
+                                       'scratch': [['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
-                                                   ['s', 'i']],
+                                                   ['s', 'i'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 20.0,
                                        'sub_chunks': True},
@@ -621,6 +707,7 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o']],
@@ -632,6 +719,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
@@ -653,12 +745,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['s', 'i']],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 20.0,
                                       'sub_chunks': True},
@@ -667,6 +761,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
@@ -688,17 +787,24 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['s', 'i']],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 19.0,
                                       'sub_chunks': True},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
+                                                  ['s', 'h'],
+                                                  ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
@@ -724,12 +830,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
-                                                  ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['s', 'o'],
                                                   ['t', 'o'],
-                                                  ['s', 'i']],
+                                                  ['t', 'o'],
+                                                  ['s', 'i'],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 21.0,
                                       'sub_chunks': True},
@@ -740,6 +848,11 @@ DESCRIPTION = {'spec': 'yaad',
                                     'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['t', 'h'],
+                                                ['s', 'h'],
+                                                ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
@@ -765,12 +878,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 'o'],
-                                                ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'o'],
+                                                ['s', 'o'],
                                                 ['t', 'o'],
-                                                ['s', 'i']],
+                                                ['t', 'o'],
+                                                ['s', 'i'],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 21.0,
                                     'sub_chunks': True}},
@@ -816,7 +931,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (HID * D + 2 * C * HID + 2 * C * D)  # v59, v10, v11, v50, v55
+        scratch = scratch_ptr + slot * (HID * D + 3 * C * HID + BV * HID + 2 * C * D + C * BV)  # v59, v10, v11, v65, v53, v50, v55, v62
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -831,11 +946,11 @@ def chunk_state_fwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
         v50 = (v47 * v49)
-        tl.store(scratch + HID * D + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_i[None, :], v50)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v51 = k
         v55 = (v50 * v51)
-        tl.store(scratch + HID * D + 2 * C * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v55)  # park
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v55)  # park
         v12 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -876,11 +991,13 @@ def chunk_state_fwd_kernel(
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v64 = v58
-        v50 = tl.load(scratch + HID * D + 2 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v50 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v61 = v50
         v54 = v35
         v62 = (v61 * v54)
-        v55 = tl.load(scratch + HID * D + 2 * C * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v55 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -896,9 +1013,18 @@ def chunk_state_fwd_kernel(
             tl.store(starts_w1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(starts_w1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v60.to(final_w1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
             v65 = (v64[:, None] * w2)
+            tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v65)
             v11 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v53 = v11
+            tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
+        tl.debug_barrier()
+        v62 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v53 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v63 = tl.dot(tl.trans(v62).to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v65 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v66 = (v65 - v63)  # layer 2 end state
             tl.store(starts_w2_ptr + ((first_chunk + c) + 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v66.to(starts_w2_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v66.to(final_w2_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
@@ -941,7 +1067,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -983,7 +1109,6 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -995,9 +1120,14 @@ def chunk_out_fwd_kernel(
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+    tl.debug_barrier()
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
@@ -1022,8 +1152,9 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1039,25 +1170,32 @@ def chunk_out_fwd_kernel(
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
     v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1067,9 +1205,9 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1091,7 +1229,7 @@ def chunk_out_fwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1143,51 +1281,50 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 20 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v124, v123, v125, v114, v126, v55, v43, v68, v69, causal, v105, v43, v48, v51, v53, v49, v44, v56, v16, v23, v24, v25, v35, v60, v62, v67, v65, v69, v63, v64, v68, v104, v105, v115, v80, v88, v112
+        scratch = scratch_ptr + slot * (2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 22 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v119, v124, v94, v120, v123, v125, v85, v90, v114, v126, v86, v117, v127, v55, v43, v68, v69, causal, v105, v43, v48, v51, v53, v49, v44, v56, v16, v23, v24, v25, v35, v60, v62, v67, v65, v69, v63, v64, v68, v104, v105, v106, v115, v93, v80, v89, v88, v112, v157
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
         v48 = tl.exp(v43)  # cumulative decay in the chunk
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
         v78 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v79 = tl.sum((v78), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v51 = (q * v48)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v53 = k
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
         v55 = (v53 * v49)
         v44 = v43
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v56 = tl.zeros((C, C), DTYPE)
         v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v56_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v56_xA = q * v56_A
         for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v56_start = v56_k * BC
-            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
             v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v56_p = v56_r + v56_j
-            v56_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-            v56_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+            v56_y = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+            v56_b = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
             v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
             v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
         v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v51 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v12 = tl.zeros((C, BV), DTYPE)
+        v51 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1202,13 +1339,18 @@ def chunk_state_bwd_kernel(
             v11_c0 = (0.5 * v10)
             v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+        tl.debug_barrier()
+        v12 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v11 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
         v14 = tl.sum((v12), axis=1)
         v15 = (v14 / (D))
         v16 = (v12 - v15[:, None])
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
         v17 = (v16 * v16)
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
@@ -1217,12 +1359,12 @@ def chunk_state_bwd_kernel(
         v22 = (v20 + v21)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v23 = (v22 - v)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
@@ -1233,14 +1375,13 @@ def chunk_state_bwd_kernel(
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v48 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v48 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v60 = v48
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v56 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v61 = tl.zeros((C, BV), DTYPE)
+        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1261,27 +1402,35 @@ def chunk_state_bwd_kernel(
             v59_c0 = (0.5 * v58)
             v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
             tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v60 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v61 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v62 = (v60 * v61)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v67 = v35
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v49 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v65 = v49
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
         v69 = (v67 * v65)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v43 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v43 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v63 = v43
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v44 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v64 = v44
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1289,33 +1438,33 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v64 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v69 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v69 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v70 = tl.zeros((C, BV), DTYPE)
         v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v70_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v70_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v70_start = v70_k * BC
-            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-            v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v70 = v70 * v70_A
         for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v70_p = v70_r + v70_j
-            v70_x = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-            v70_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v70_m = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-            v70_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70_x = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+            v70_y = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v70_m = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+            v70_b = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v62 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v62 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -1334,50 +1483,51 @@ def chunk_state_bwd_kernel(
         v102 = tl.sum((v101), axis=1)
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
         v105 = ((-1.0) * v104)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v106_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
         v106_xA = v105 * v106_A
         for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v106_start = v106_k * BC
-            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v106_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
             v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v106_p = v106_r + v106_j
-            v106_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v106_b = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v106_y = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v106_b = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v106_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v106_d = tl.sum(v105 * v106_y * tl.exp(tl.minimum(v63 - v106_b, 0.0)), axis=1)
             v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
         v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        v60 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v104 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v104 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = (v60 * v104)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
-        v43 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v43 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
-        v44 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
-        v49 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v49 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v50 = (v47 * v49)
-        v53 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v53 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v50 * v53)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
         v80 = v50
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v67 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v67 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v80 * v67)
-        v51 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v56 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v87 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1389,16 +1539,34 @@ def chunk_state_bwd_kernel(
             v58 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v119_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
             v119 = (v118 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
+        tl.debug_barrier()
+        v51 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v119 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v124 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), v119.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
+            tl.store(scratch + HID * D + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v91 = ((-1.0) * d_new_w1)
             v94 = tl.dot(v93.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 2 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
             v120 = ((-1.0) * v119)
+            tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
+        tl.debug_barrier()
+        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v89 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v120 = tl.load(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v121 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v120.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v94 = tl.load(scratch + 2 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v122 = (v94 + v121)
             v123 = v122
-            tl.store(scratch + 2 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
+            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
             v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v36 = tl.load(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v125_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -1406,80 +1574,91 @@ def chunk_state_bwd_kernel(
             v125_c2 = (0.5 * (v10 * v10))
             v125_c3 = tl.exp(((-1.0) * v125_c2))
             v125 = (v36 * v123 * ((v125_c0 * v125_c1 * v125_c3) - (v125_c0 * v125_c1 * v125_c2 * v125_c3)))
-            tl.store(scratch + 2 * HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
+            tl.store(scratch + 2 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v85 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 2 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
             v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 2 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v90)
+        tl.debug_barrier()
+        v106 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v87 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v110 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v90 = tl.load(scratch + 2 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
             v113 = (v90 + v110)
             v114 = v113
-            tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
+            tl.store(scratch + 2 * HID * D + 13 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
+            v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v85 = tl.load(scratch + 2 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v80 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v88 = (v80 * v87)
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v64 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v68 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v105 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
+        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v105 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v107 = tl.zeros((C, BV), DTYPE)
         v107_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-        v107_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-        v107_xA = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v107_A
+        v107_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v107_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v107_xA = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v107_A
         for v107_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
             v107_start = v107_k * BC
-            v107_B = tl.where(tl.arange(0, C)[:, None] < v107_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+            v107_B = tl.where(tl.arange(0, C)[:, None] < v107_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v107_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
             v107_rows = tl.where(tl.arange(0, C) // BC == v107_k, 1.0, 0.0)
-            v107 += v107_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v107_xA * v107_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v107 += v107_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v107_xA * v107_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         for v107_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
             v107_p = v107_r + v107_j
-            v107_x = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + 2 * C * C + C * BV + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
-            v107_y = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + v107_p * C + tl.arange(0, C))
-            v107_m = tl.load(scratch + 2 * HID * D + 11 * C * HID + 2 * C * D + C * C + C * BV + v107_p * C + tl.arange(0, C))
-            v107_a = tl.load(scratch + 2 * HID * D + 11 * C * HID + C * D + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v107_x = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + C * BV + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
+            v107_y = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + v107_p * C + tl.arange(0, C))
+            v107_m = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + C * BV + v107_p * C + tl.arange(0, C))
+            v107_a = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v107 += v107_x * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a - v64, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v65 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v65 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v108 = (v65 * v107)
-        v88 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v111 = (v88 + v108)
         v112 = v111
-        tl.store(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
         v128 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v123 = tl.load(scratch + 2 * HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v123 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v126_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v126 = (v123 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
+            tl.store(scratch + 2 * HID * D + 14 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v126)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v112 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v112 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v129 = (v112 + v128)
         v130 = tl.sum((v129), axis=1)
         v131 = (v130 / (D))
         v132 = ((-1.0) * v131)
         v133 = (v129 + v132[:, None])
         v134 = (2.0 * v29[:, None] * v133)
-        v16 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v135 = (2.0 * v16 * v133)
         v136 = tl.sum((v135), axis=1)
         v137 = (v136 / (D))
-        v25 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v141 = ((-0.5) * v16 * ln_weight[None, :] * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v144 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v145 = (v141 + v144)
-        v23 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v24 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v23 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v24 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v146 = (v145 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
         v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v139 = (0.75 * v16 * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -1496,35 +1675,51 @@ def chunk_state_bwd_kernel(
         v155 = tl.sum((v154), axis=1)
         v156 = (v155 / (D))
         v157 = (v153 + v156[:, None])
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
         v81 = v79
-        v35 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 2 * HID * D + 11 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v158 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v114 = tl.load(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v114 = tl.load(scratch + 2 * HID * D + 13 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v160 = (v114 + v158)
             v10 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v161_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
             v161 = (v160 * (0.5 + (0.5 * tl.math.erf(v161_c0)) + (v161_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v125 = tl.load(scratch + 2 * HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v125 = tl.load(scratch + 2 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v162 = (v125 + v161)
             v163 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v162.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             v92 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-            v124 = tl.load(scratch + HID * D + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v124 = tl.load(scratch + HID * D + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
             v165 = (v92 + v124 + v163)
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v165.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v86 = (v81[:, None] * d_new_w2)
+            tl.store(scratch + 2 * HID * D + 15 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.debug_barrier()
+        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v117 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v115.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v126 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            tl.store(scratch + 2 * HID * D + 15 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v117)
+            v126 = tl.load(scratch + 2 * HID * D + 14 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
             v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 2 * HID * D + 15 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v127)
+        tl.debug_barrier()
+        v157 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
             v11 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v159 = tl.trans(tl.dot(tl.trans(v11).to(DOT_DTYPE), v157.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v86 = tl.load(scratch + 2 * HID * D + 15 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v117 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v127 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v164 = (v86 + v117 + v127 + v159)
             tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v164.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
@@ -1607,7 +1802,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, v35, v40, v42, v44, v43, v48, v41, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v35, v40, v42, v44, v43, v48, v41, v49, v53, v55, v62, v56, v57, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1646,51 +1841,52 @@ def chunk_grad_q_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v41 = v40
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 8 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 8 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = v42
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
+    v42 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = v42
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1703,67 +1899,78 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v49 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v51 = (v45 - v50)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
+    v43 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 8 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1782,64 +1989,70 @@ def chunk_grad_q_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
-        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 8 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
-    v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v86 + v88)
-        v51 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v48 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 6 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
-        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_x = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 8 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 8 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v93.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1880,48 +2093,47 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v51, v59, v52, v48, v40, v61, v62, causal, v40, v42, v44, v43, v41, v49, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV)  # v45, v10, v11, v51, v59, v52, v90, v48, v40, v61, v62, causal, v40, v42, v44, v43, v41, v49, v35, v53, v55, v62, v56, v57, v83
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = (q * v42)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     v41 = v40
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 7 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 7 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 6 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v12 = tl.zeros((C, BV), DTYPE)
+    v44 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1933,9 +2145,14 @@ def chunk_grad_q_2_bwd_kernel(
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+    tl.debug_barrier()
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
@@ -1960,12 +2177,13 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = v42
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 6 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
+    v42 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = v42
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1985,25 +2203,32 @@ def chunk_grad_q_2_bwd_kernel(
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v53 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 6 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
+    v43 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 6 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2012,31 +2237,31 @@ def chunk_grad_q_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 7 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -2055,30 +2280,29 @@ def chunk_grad_q_2_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
-        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 7 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
-    v91 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2090,9 +2314,16 @@ def chunk_grad_q_2_bwd_kernel(
         v51 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v90)
+    tl.debug_barrier()
+    v91 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v90 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v91 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v42 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v92 = (v42 * v91)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v92.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2132,7 +2363,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v54, v58, v59, v66, v55, v43, v68, v69, causal, v102, q, v35, v49, v43, v44, v48, v69, v63, v64, v70, v60, v93, v104, v50
+    scratch = scratch_ptr + slot * (8 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v54, v57, v58, v59, v66, v101, v55, v43, v68, v69, causal, v102, q, v35, v49, v43, v44, v48, v51, v69, v63, v64, v70, v60, v93, v104, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2171,54 +2402,54 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v53 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v44 = v43
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 6 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 8 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 8 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     v51 = (q * v48)
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    v49 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
     v69 = (v67 * v65)
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v63 = v43
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     v64 = v44
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
-    v68 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2230,58 +2461,66 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
+    tl.debug_barrier()
+    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = v11
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 8 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    v70 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2300,79 +2539,85 @@ def chunk_grad_k_0_bwd_kernel(
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     v94 = ((-1.0) * v93)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
     v95_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v95_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v95_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v95_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v95_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v95_xA = v94 * v95_A
     for v95_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v95_start = v95_k * BC
-        v95_B = tl.where(tl.arange(0, C)[:, None] < v95_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v95_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v95_B = tl.where(tl.arange(0, C)[:, None] < v95_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v95_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v95_rows = tl.where(tl.arange(0, C) // BC == v95_k, 1.0, 0.0)
-        v95 += v95_rows[:, None] * tl.dot((v95_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v95_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v95 += v95_rows[:, None] * tl.dot((v95_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v95_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v95_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v95_p = v95_r + v95_j
-        v95_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v95_b = tl.load(scratch + 6 * C * HID + C * D + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v95_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v95_b = tl.load(scratch + 8 * C * HID + C * D + v95_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v95_d = tl.sum(v94 * v95_y * tl.exp(tl.minimum(v63 - v95_b, 0.0)), axis=1)
         v95 += tl.where(tl.arange(0, C)[None, :] == v95_p[:, None], v95_d[:, None], 0.0)
     v95 = v95 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v93 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v60 * v93)
-    v102 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v96 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v99 = (v96 + v98)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v102 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v43 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, D), DTYPE)
     v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v103_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v103_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v103_yA = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v103_A
+    v103_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v103_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v103_yA = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v103_A
     for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v103_start = v103_k * BC
-        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v103_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v103_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
         v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
-        v103 += v103_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v103_rows[:, None])).to(DOT_DTYPE), (v103_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v103 += v103_B * tl.dot(tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v103_rows[:, None])).to(DOT_DTYPE), (v103_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v103_p = v103_r + v103_j
-        v103_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v103_p * C + tl.arange(0, C))
-        v103_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + v103_p[:, None] * D + tl.arange(0, D)[None, :])
-        v103_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + v103_p * C + tl.arange(0, C))
-        v103_a = tl.load(scratch + 6 * C * HID + C * D + v103_p[:, None] * D + tl.arange(0, D)[None, :])
+        v103_x = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + v103_p * C + tl.arange(0, C))
+        v103_y = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + v103_p[:, None] * D + tl.arange(0, D)[None, :])
+        v103_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + v103_p * C + tl.arange(0, C))
+        v103_a = tl.load(scratch + 8 * C * HID + C * D + v103_p[:, None] * D + tl.arange(0, D)[None, :])
         v103 += v103_x[:, None] * v103_y * v103_m[:, None] * tl.exp(tl.minimum(v103_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v49 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v49 * v103)
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     v50 = (v47 * v49)
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2382,9 +2627,9 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v50 * v82)
-    v104 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v83 + v104)
     v106 = v105
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2425,7 +2670,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2443,7 +2688,7 @@ def chunk_grad_k_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2452,27 +2697,27 @@ def chunk_grad_k_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2484,53 +2729,53 @@ def chunk_grad_k_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2540,76 +2785,89 @@ def chunk_grad_k_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2628,101 +2886,119 @@ def chunk_grad_k_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = v126
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2763,7 +3039,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 7 * C * D + 4 * C * C + 19 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v117, v118, v109, v55, v43, v68, v69, causal, v100, v16, v23, v24, v25, v35, v43, v44, v49, v50, v88, v56, v60, v62, v67, v65, v69, v63, v64, v68, v99, v100, v78, v84, v107
+    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 20 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v114, v117, v118, v82, v86, v109, v55, v43, v68, v69, causal, v100, v16, v23, v24, v25, v35, v43, v44, v49, v50, v88, v56, v51, v60, v62, v67, v65, v69, v63, v64, v68, v99, v100, v101, v78, v85, v84, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2781,7 +3057,7 @@ def chunk_grad_k_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2790,12 +3066,12 @@ def chunk_grad_k_2_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
@@ -2806,56 +3082,56 @@ def chunk_grad_k_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v53 = k
     v88 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v55 = (v53 * v49)
-    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 12 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 12 * C * HID + BV * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 12 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 12 * C * HID + BV * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
+    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v60 = v48
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2866,9 +3142,16 @@ def chunk_grad_k_2_bwd_kernel(
         v87 = ((-1.0) * d_new_w1)
         v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+    tl.debug_barrier()
+    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
@@ -2881,27 +3164,35 @@ def chunk_grad_k_2_bwd_kernel(
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
-        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2909,33 +3200,33 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 12 * C * HID + BV * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2954,38 +3245,39 @@ def chunk_grad_k_2_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     v100 = ((-1.0) * v99)
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
     v101_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v101_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v101_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v101_A = tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 12 * C * HID + BV * HID + C * D + v101_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v101_xA = v100 * v101_A
     for v101_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v101_start = v101_k * BC
-        v101_B = tl.where(tl.arange(0, C)[:, None] < v101_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v101_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v101_B = tl.where(tl.arange(0, C)[:, None] < v101_start, tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + v101_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v101_rows = tl.where(tl.arange(0, C) // BC == v101_k, 1.0, 0.0)
-        v101 += v101_rows[:, None] * tl.dot((v101_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v101_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v101 += v101_rows[:, None] * tl.dot((v101_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v101_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v101_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v101_p = v101_r + v101_j
-        v101_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v101_b = tl.load(scratch + 10 * C * HID + C * D + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v101_y = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v101_b = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v101_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v101_d = tl.sum(v100 * v101_y * tl.exp(tl.minimum(v63 - v101_b, 0.0)), axis=1)
         v101 += tl.where(tl.arange(0, C)[None, :] == v101_p[:, None], v101_d[:, None], 0.0)
     v101 = v101 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v99 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v110 = (v60 * v99)
-    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v78 = v50
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v101)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = (v60 * v99)
+    v50 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v78 = v50
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v85 = (v78 * v67)
-    v56 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2998,11 +3290,19 @@ def chunk_grad_k_2_bwd_kernel(
         v113_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v114 = ((-1.0) * v113)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v114 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v115 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v114.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v89 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v116 = (v89 + v115)
         v117 = v116
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118_c0 = tl.full((), 1.4142135623730951, DTYPE)
@@ -3010,79 +3310,90 @@ def chunk_grad_k_2_bwd_kernel(
         v118_c2 = (0.5 * (v10 * v10))
         v118_c3 = tl.exp(((-1.0) * v118_c2))
         v118 = (v36 * v117 * ((v118_c0 * v118_c1 * v118_c3) - (v118_c0 * v118_c1 * v118_c2 * v118_c3)))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v118)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v82 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v82)
         v86 = tl.dot(v85.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
+    tl.debug_barrier()
+    v101 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v105 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v86 = tl.load(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v108 = (v86 + v105)
         v109 = v108
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        tl.store(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v109)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 = tl.load(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v100 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
+    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
     v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v102_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v102_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v102_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v102_A
+    v102_A = tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 12 * C * HID + BV * HID + C * D + v102_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v102_xA = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v102_A
     for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v102_start = v102_k * BC
-        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v102_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 12 * C * HID + BV * HID + C * D + v102_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
-        v102 += v102_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v102_xA * v102_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102 += v102_B * tl.dot(tl.trans((tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v102_xA * v102_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v102_p = v102_r + v102_j
-        v102_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v102_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v102_p * C + tl.arange(0, C))
-        v102_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v102_p * C + tl.arange(0, C))
-        v102_a = tl.load(scratch + 10 * C * HID + C * D + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v102_x = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v102_y = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + v102_p * C + tl.arange(0, C))
+        v102_m = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v102_p * C + tl.arange(0, C))
+        v102_a = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v102 += v102_x * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 10 * C * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v65 * v102)
-    v84 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v106 = (v84 + v103)
     v107 = v106
-    tl.store(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v120 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v117 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v117 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v119_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 10 * C * HID + 7 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v107 + v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
     v124 = ((-1.0) * v123)
     v125 = (v121 + v124[:, None])
     v126 = (2.0 * v29[:, None] * v125)
-    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v127 = (2.0 * v16 * v125)
     v128 = tl.sum((v127), axis=1)
     v129 = (v128 / (D))
-    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v137 = (v133 + v136)
-    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
@@ -3105,12 +3416,12 @@ def chunk_grad_k_2_bwd_kernel(
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v150 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v109 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v109 = tl.load(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v151 = (v109 + v150)
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v152_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v152 = (v151 * (0.5 + (0.5 * tl.math.erf(v152_c0)) + (v152_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v118 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v118 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v153 = (v118 + v152)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v154 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v153).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
@@ -3152,7 +3463,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3170,7 +3481,7 @@ def chunk_grad_v_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -3179,27 +3490,27 @@ def chunk_grad_v_0_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3211,53 +3522,53 @@ def chunk_grad_v_0_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3267,76 +3578,89 @@ def chunk_grad_v_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -3355,99 +3679,117 @@ def chunk_grad_v_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v125 = ((-1.0) * v124)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3488,7 +3830,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3506,7 +3848,7 @@ def chunk_grad_v_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -3515,27 +3857,27 @@ def chunk_grad_v_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3547,53 +3889,53 @@ def chunk_grad_v_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3603,76 +3945,89 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -3691,95 +4046,113 @@ def chunk_grad_v_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
     v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v122 = ((-1.0) * v121)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3820,7 +4193,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -3862,7 +4235,6 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3874,9 +4246,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+    tl.debug_barrier()
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
@@ -3901,8 +4278,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3918,25 +4296,32 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
     v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3946,9 +4331,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3970,7 +4355,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4032,16 +4417,16 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, v43, v48, v35, v40, v42, v44, v41, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v43, v48, v35, v40, v42, v44, v41, v49, v53, v55, v62, v56, v57, v83
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4079,45 +4464,46 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v41 = v40
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 8 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 8 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = v42
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
+    v42 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = v42
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4130,67 +4516,78 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v49 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v51 = (v45 - v50)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
+    v43 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 8 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4209,64 +4606,70 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
-        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 8 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
-    v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v86 + v88)
-        v51 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v93 = v93 * v93_A
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 6 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
-        v93_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_x = tl.load(scratch + 8 * C * HID + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_y = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 8 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
         v93 += v93_x * v93_y[:, None] * v93_m[:, None] * tl.exp(tl.minimum(v40 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v94 = (q * v93)
@@ -4310,7 +4713,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV)  # v10, v11, v52, v53, v60, v49, v41, v62, v63, causal, v35, v44, v41, v43, v63, v57, v58, v64, v54, v55, v91, v102, v98
+    scratch = scratch_ptr + slot * (7 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV)  # v10, v11, v51, v52, v53, v60, v100, v49, v41, v62, v63, causal, v35, v44, v41, v43, v45, v63, v57, v58, v64, v54, v55, v91, v102, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4349,53 +4752,53 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = gate_eta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v49 = (v47 * v44)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v42 = v41
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v50 = tl.zeros((C, C), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v50_xA = q * v50_A
     for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v50_p = v50_r + v50_j
-        v50_y = tl.load(scratch + 5 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_b = tl.load(scratch + 5 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_y = tl.load(scratch + 7 * C * HID + v50_p[:, None] * D + tl.arange(0, D)[None, :])
+        v50_b = tl.load(scratch + 7 * C * HID + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
         v50_d = tl.sum(q * v50_y * tl.exp(tl.minimum(v41 - v50_b, 0.0)), axis=1)
         v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v43 = tl.exp(v41)  # cumulative decay in the chunk
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (q * v43)
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v61 = v35
-    v44 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = v44
     v63 = (v61 * v59)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v57 = v41
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v57)  # park
     v58 = v42
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v58)  # park
-    v62 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v58)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4406,59 +4809,67 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v48 = v37
         v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v52 = (v46 - v51)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v53_c0 = (0.5 * v52)
         v53 = (v53_c0 * (1.0 + tl.math.erf((v53_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v57 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v58 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v63 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v57 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
+    tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
+    tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v64 = tl.zeros((C, BV), DTYPE)
     v64_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v64_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v64_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v64_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v64_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v64_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v64_start = v64_k * BC
-        v64_B = tl.where(tl.arange(0, C)[:, None] < v64_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v64_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v64_B = tl.where(tl.arange(0, C)[:, None] < v64_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v64_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v64_rows = tl.where(tl.arange(0, C) // BC == v64_k, 1.0, 0.0)
-        v64 += v64_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v64_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 += v64_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v64_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v64 = v64 * v64_A
     for v64_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v64_p = v64_r + v64_j
-        v64_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v64_p)
-        v64_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v64_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v64_p)
-        v64_b = tl.load(scratch + 5 * C * HID + C * D + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v64_x = tl.load(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C) * C + v64_p)
+        v64_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v64_m = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v64_p)
+        v64_b = tl.load(scratch + 7 * C * HID + C * D + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v64 += v64_x[:, None] * v64_y * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = v43
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v53 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v56 = (v54 * v55)
-    v64 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v65 = (v56 - v64)
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
@@ -4477,55 +4888,61 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v89 = tl.sum((v88), axis=1)
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     v92 = ((-1.0) * v91)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v58 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v63 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v93_xA = v92 * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 5 * C * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_y = tl.load(scratch + 7 * C * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_b = tl.load(scratch + 7 * C * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93_d = tl.sum(v92 * v93_y * tl.exp(tl.minimum(v57 - v93_b, 0.0)), axis=1)
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v54 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v54 * v91)
-    v101 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v60 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v60 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v94 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v96 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v99 = (v94 + v96)
-        v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v100_c0 = (0.5 * v52 * tl.full((), 1.4142135623730951, DTYPE))
         v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v52 * v52))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
+    tl.debug_barrier()
+    v101 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v100 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v102 = (q * v101)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v102)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v102)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v55 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v91 * v55)
     v98 = v97
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v76 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4546,10 +4963,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v80 = (v77 + v79)
     v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v102 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = (v81 + v98 + v102)
-    v41 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v104 = (v103 * tl.exp(v41))
     v105 = tl.cumsum(v104, axis=0, reverse=True)
     v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -4721,7 +5138,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 13 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v52, v56, v64, v53, v43, v66, v67, causal, v96, q, v107, v35, v65, v48, v67, v43, v47, v49, v51, v53, v44, v58, v60, v95, v101, v109, v82
+    scratch = scratch_ptr + slot * (8 * C * HID + 13 * C * D + 5 * C * C + 8 * C * BV)  # v10, v11, v50, v52, v56, v57, v64, v106, v53, v43, v66, v67, causal, v96, q, v107, v35, v65, v48, v67, v43, v47, v49, v51, v53, v44, v54, v58, v66, v60, v95, v101, v109, v82
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
@@ -4761,111 +5178,130 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v65 = v35
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v63 = v48
     v67 = (v65 * v63)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v47 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     v49 = (q * v47)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v49)  # park
     v51 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
     v53 = (v51 * v48)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v54 = tl.zeros((C, C), DTYPE)
     v54_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v54_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v54_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v54_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v54_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v54_xA = q * v54_A
     for v54_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v54_start = v54_k * BC
-        v54_B = tl.where(tl.arange(0, C)[:, None] < v54_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v54_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v54_B = tl.where(tl.arange(0, C)[:, None] < v54_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v54_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v54_rows = tl.where(tl.arange(0, C) // BC == v54_k, 1.0, 0.0)
-        v54 += v54_rows[:, None] * tl.dot((v54_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v54_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v54 += v54_rows[:, None] * tl.dot((v54_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v54_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v54_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v54_p = v54_r + v54_j
-        v54_y = tl.load(scratch + 5 * C * HID + v54_p[:, None] * D + tl.arange(0, D)[None, :])
-        v54_b = tl.load(scratch + 5 * C * HID + C * D + v54_p[:, None] * D + tl.arange(0, D)[None, :])
+        v54_y = tl.load(scratch + 8 * C * HID + v54_p[:, None] * D + tl.arange(0, D)[None, :])
+        v54_b = tl.load(scratch + 8 * C * HID + C * D + v54_p[:, None] * D + tl.arange(0, D)[None, :])
         v54_d = tl.sum(q * v54_y * tl.exp(tl.minimum(v43 - v54_b, 0.0)), axis=1)
         v54 += tl.where(tl.arange(0, C)[None, :] == v54_p[:, None], v54_d[:, None], 0.0)
     v54 = v54 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v47 = tl.load(scratch + 5 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v58 = v47
-    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v49 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.zeros((C, C), DTYPE)
-    v59 = tl.zeros((C, BV), DTYPE)
+    v47 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = v47
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v52 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
+    tl.debug_barrier()
+    v54 = tl.load(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v66 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v55 = tl.dot(v54.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v56 = (v50 - v55)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
         v57_c0 = (0.5 * v56)
         v57 = (v57_c0 * (1.0 + tl.math.erf((v57_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v60 = (v58 * v59)
-    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    v59 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = (v58 * v59)
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v43
-    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v44
-    v67 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v66 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v68 = tl.zeros((C, BV), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v68_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v68_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v68_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v68_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v68_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 += v68_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v68_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v68 = v68 * v68_A
     for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v68_p = v68_r + v68_j
-        v68_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v68_p)
-        v68_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v68_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v68_p)
-        v68_b = tl.load(scratch + 5 * C * HID + C * D + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v68_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v68_p)
+        v68_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v68_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v68_p)
+        v68_b = tl.load(scratch + 8 * C * HID + C * D + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v68 += v68_x[:, None] * v68_y * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v69 = (v60 - v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -4884,92 +5320,98 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v93 = tl.sum((v92), axis=1)
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
-    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = ((-1.0) * v95)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v98 = tl.zeros((C, BV), DTYPE)
     v98_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v98_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v98_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v98_yA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v98_A
+    v98_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v98_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v98_yA = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v98_A
     for v98_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v98_start = v98_k * BC
-        v98_B = tl.where(tl.arange(0, C)[:, None] < v98_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v98_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
+        v98_B = tl.where(tl.arange(0, C)[:, None] < v98_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v98_start * BV + tl.arange(0, BV))[None, :] - v62, 0.0)), 0.0)
         v98_rows = tl.where(tl.arange(0, C) // BC == v98_k, 1.0, 0.0)
-        v98 += v98_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v98_rows[:, None])).to(DOT_DTYPE), (v98_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v98 += v98_B * tl.dot(tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v98_rows[:, None])).to(DOT_DTYPE), (v98_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v98_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v98_p = v98_r + v98_j
-        v98_x = tl.load(scratch + 5 * C * HID + 2 * C * D + v98_p * C + tl.arange(0, C))
-        v98_y = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v98_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v98_p * C + tl.arange(0, C))
-        v98_a = tl.load(scratch + 5 * C * HID + C * D + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v98_x = tl.load(scratch + 8 * C * HID + 2 * C * D + v98_p * C + tl.arange(0, C))
+        v98_y = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v98_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + v98_p * C + tl.arange(0, C))
+        v98_a = tl.load(scratch + 8 * C * HID + C * D + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v98 += v98_x[:, None] * v98_y * v98_m[:, None] * tl.exp(tl.minimum(v98_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v67 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v99 = ((-1.0) * v67 * v98)
     v101 = v99
-    tl.store(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
     v97_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v97_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v97_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v97_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v97_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v97_xA = v96 * v97_A
     for v97_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v97_start = v97_k * BC
-        v97_B = tl.where(tl.arange(0, C)[:, None] < v97_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v97_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v97_B = tl.where(tl.arange(0, C)[:, None] < v97_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v97_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v97_rows = tl.where(tl.arange(0, C) // BC == v97_k, 1.0, 0.0)
-        v97 += v97_rows[:, None] * tl.dot((v97_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v97_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v97 += v97_rows[:, None] * tl.dot((v97_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v97_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v97_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v97_p = v97_r + v97_j
-        v97_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v97_b = tl.load(scratch + 5 * C * HID + C * D + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v97_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v97_b = tl.load(scratch + 8 * C * HID + C * D + v97_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v97_d = tl.sum(v96 * v97_y * tl.exp(tl.minimum(v61 - v97_b, 0.0)), axis=1)
         v97 += tl.where(tl.arange(0, C)[None, :] == v97_p[:, None], v97_d[:, None], 0.0)
     v97 = v97 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v58 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v58 * v95)
-    v107 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v64 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.trans(tl.dot(tl.trans(v64).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v103 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v104 = (v100 + v103)
-        v56 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v105_c0 = (0.5 * v56 * tl.full((), 1.4142135623730951, DTYPE))
         v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v56 * v56))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v106 = ((-1.0) * v105)
-        v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
+    tl.debug_barrier()
+    v107 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v106 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v43 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v108 = tl.zeros((C, D), DTYPE)
     v108_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v108_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v108_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v108_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v108_A
+    v108_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v108_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v108_xA = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v108_A
     for v108_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v108_start = v108_k * BC
-        v108_B = tl.where(tl.arange(0, C)[:, None] < v108_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v108_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
+        v108_B = tl.where(tl.arange(0, C)[:, None] < v108_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v108_start * D + tl.arange(0, D))[None, :] - v44, 0.0)), 0.0)
         v108_rows = tl.where(tl.arange(0, C) // BC == v108_k, 1.0, 0.0)
-        v108 += v108_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v108_xA * v108_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v108 += v108_B * tl.dot(tl.trans((tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v108_xA * v108_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v108_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v108_p = v108_r + v108_j
-        v108_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v108_p[:, None] * D + tl.arange(0, D)[None, :])
-        v108_y = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v108_p * C + tl.arange(0, C))
-        v108_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v108_p * C + tl.arange(0, C))
-        v108_a = tl.load(scratch + 5 * C * HID + C * D + v108_p[:, None] * D + tl.arange(0, D)[None, :])
+        v108_x = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v108_p[:, None] * D + tl.arange(0, D)[None, :])
+        v108_y = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + v108_p * C + tl.arange(0, C))
+        v108_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + v108_p * C + tl.arange(0, C))
+        v108_a = tl.load(scratch + 8 * C * HID + C * D + v108_p[:, None] * D + tl.arange(0, D)[None, :])
         v108 += v108_x * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v109 = ((-1.0) * v53 * v108)
-    tl.store(scratch + 5 * C * HID + 11 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v109)  # park
+    tl.store(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v109)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
@@ -4979,32 +5421,32 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v79 = ((-1.0) * d_new_w2)
-        v64 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v81 = (v65 * v80)
     v82 = v81
-    tl.store(scratch + 5 * C * HID + 12 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 8 * C * HID + 12 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v84 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v83 = ((-1.0) * d_new_w1)
-        v52 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 5 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v51 * v84)
-    v82 = tl.load(scratch + 5 * C * HID + 12 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 8 * C * HID + 12 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v82 + v85)
-    v48 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v111 = (v48 * v110)
-    v44 = tl.load(scratch + 5 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
-    v101 = tl.load(scratch + 5 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v109 = tl.load(scratch + 5 * C * HID + 11 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v109 = tl.load(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v101 + v109 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -5047,7 +5489,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV)  # v10, v11, v52, v48, v40, v61, v62, causal, v84, v35, v43, v42, v60, v62, v56, v57, v61, v63, v53
+    scratch = scratch_ptr + slot * (4 * C * HID + 5 * C * D + 3 * C * C + 9 * C * BV)  # v10, v11, v50, v52, v48, v40, v61, v62, causal, v84, v35, v43, v42, v44, v60, v62, v56, v57, v61, v63, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5086,54 +5528,54 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
-    tl.store(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 3 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 3 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 4 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 4 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v56 = v40
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     v57 = v41
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
-    v61 = tl.zeros((C, C), DTYPE)
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5144,58 +5586,66 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v47 = v37
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    v44 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v51 = (v45 - v50)
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 3 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 3 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
-    tl.store(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    v63 = tl.load(scratch + 3 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -5215,29 +5665,29 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    v56 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
+    v56 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v85_xA = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_A
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_xA = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 3 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - v57, 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_B * tl.dot(tl.trans((tl.load(scratch + 3 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v85_xA * v85_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_B * tl.dot(tl.trans((tl.load(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v85_xA * v85_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
-        v85_x = tl.load(scratch + 3 * C * HID + 2 * C * D + 2 * C * C + C * BV + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v85_y = tl.load(scratch + 3 * C * HID + 2 * C * D + v85_p * C + tl.arange(0, C))
-        v85_m = tl.load(scratch + 3 * C * HID + 2 * C * D + C * C + C * BV + v85_p * C + tl.arange(0, C))
-        v85_a = tl.load(scratch + 3 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_x = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 4 * C * HID + 2 * C * D + v85_p * C + tl.arange(0, C))
+        v85_m = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + v85_p * C + tl.arange(0, C))
+        v85_a = tl.load(scratch + 4 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85 += v85_x * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a - v57, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 3 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v60 * v85)
     v87 = v86
     v88 = v87
@@ -5279,10 +5729,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v47, v51, v59, v52, v48, v40, v61, v62, causal, v92, q, v46, v35, v40, v42, v44, v43, v41, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, q, v46, v35, v40, v42, v44, v43, v41, v49, v53, v55, v62, v56, v57, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5320,51 +5770,52 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
     v41 = v40
-    tl.store(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v49_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v49_xA = q * v49_A
     for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 6 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 6 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_y = tl.load(scratch + 8 * C * HID + v49_p[:, None] * D + tl.arange(0, D)[None, :])
+        v49_b = tl.load(scratch + 8 * C * HID + C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
         v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v42 = tl.load(scratch + 6 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v53 = v42
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
+    v42 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = v42
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5377,67 +5828,78 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v49 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v45 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v51 = (v45 - v50)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
         v11 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 = v11
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 6 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
+    v43 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v56 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v63_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v63 = v63 * v63_A
     for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 6 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_x = tl.load(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C) * C + v63_p)
+        v63_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v63_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+        v63_b = tl.load(scratch + 8 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -5456,67 +5918,73 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v85_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v85_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v85_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v85_xA = v84 * v85_A
     for v85_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v85_start = v85_k * BC
-        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v85_B = tl.where(tl.arange(0, C)[:, None] < v85_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v85_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v85_rows = tl.where(tl.arange(0, C) // BC == v85_k, 1.0, 0.0)
-        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v85 += v85_rows[:, None] * tl.dot((v85_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v85_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v85_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v85_p = v85_r + v85_j
-        v85_y = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v85_b = tl.load(scratch + 6 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_y = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v85_b = tl.load(scratch + 8 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85_d = tl.sum(v84 * v85_y * tl.exp(tl.minimum(v56 - v85_b, 0.0)), axis=1)
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 6 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
-    v92 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v86 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v89 = (v86 + v88)
-        v51 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v90_c0 = (0.5 * v51 * tl.full((), 1.4142135623730951, DTYPE))
         v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v51 * v51))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v91 = ((-1.0) * v90)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
+    tl.debug_barrier()
+    v92 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 6 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v93_yA = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_A
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + C * D + v93_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v93_yA = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v93_A
     for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + C * D + v93_start * D + tl.arange(0, D))[None, :] - v41, 0.0)), 0.0)
         v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v93_rows[:, None])).to(DOT_DTYPE), (v93_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93 += v93_B * tl.dot(tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v93_rows[:, None])).to(DOT_DTYPE), (v93_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + C * BV + v93_p * C + tl.arange(0, C))
-        v93_y = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + C * BV + v93_p[:, None] * D + tl.arange(0, D)[None, :])
-        v93_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + C * BV + v93_p * C + tl.arange(0, C))
-        v93_a = tl.load(scratch + 6 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_x = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + v93_p * C + tl.arange(0, C))
+        v93_y = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + v93_p[:, None] * D + tl.arange(0, D)[None, :])
+        v93_m = tl.load(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + v93_p * C + tl.arange(0, C))
+        v93_a = tl.load(scratch + 8 * C * HID + C * D + v93_p[:, None] * D + tl.arange(0, D)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_a - v41, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = (v46 * v93)
     v95 = v94
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5682,7 +6150,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5700,7 +6168,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5709,27 +6177,27 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5741,53 +6209,53 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5797,76 +6265,89 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -5885,99 +6366,117 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v124 = (v123 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
     v125 = v124
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v125.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6018,7 +6517,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6036,7 +6535,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -6045,27 +6544,27 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6077,53 +6576,53 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6133,76 +6632,89 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -6221,95 +6733,113 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
     v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v120 * tl.where((v24 >= tl.abs(v23)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0))))
     v122 = v121
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v122.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6350,7 +6880,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -6392,7 +6922,6 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6404,9 +6933,14 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v11_c0 = (0.5 * v10)
         v11 = (v11_c0 * (1.0 + tl.math.erf((v11_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v11)
+    tl.debug_barrier()
+    v12 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
@@ -6431,8 +6965,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6448,25 +6983,32 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v52_c0 = (0.5 * v51)
         v52 = (v52_c0 * (1.0 + tl.math.erf((v52_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
-        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    v54 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
-    v60 = v35
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = v35
     v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6476,9 +7018,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6500,7 +7042,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -6549,7 +7091,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 14 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6567,7 +7109,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -6579,24 +7121,24 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6608,51 +7150,51 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6662,76 +7204,89 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -6750,97 +7305,115 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
-    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = ((-0.5) * v16 * v25 * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = tl.sum((v123), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v124.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -6881,7 +7454,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 14 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6899,7 +7472,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -6911,24 +7484,24 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6940,51 +7513,51 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6994,76 +7567,89 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -7082,93 +7668,111 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v25 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (v25 * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v121 = tl.sum((v120), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v121.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -7209,7 +7813,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7227,7 +7831,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -7236,27 +7840,27 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7268,53 +7872,53 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -7324,76 +7928,89 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -7412,101 +8029,119 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v128 = tl.sum((v127), axis=0)
@@ -7587,7 +8222,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV)  # v10, v11, v66, v58, v59, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v62, v69, v63, v64, v97, v104, v86
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7605,7 +8240,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -7614,27 +8249,27 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v78 = v50
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7646,53 +8281,53 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v82 = ((-1.0) * d_new_w2)
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v60 = v48
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v51 = (q * v48)
-    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
-    tl.store(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
-    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v56_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v56_xA = q * v56_A
     for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
         v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 5 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 5 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_y = tl.load(scratch + 10 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
+        v56_b = tl.load(scratch + 10 * C * HID + C * D + v56_p[:, None] * D + tl.arange(0, D)[None, :])
         v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -7702,76 +8337,89 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v61 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v52)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v37_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
         v54 = v37
+        tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v54 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v58 = (v52 - v57)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
         v59_c0 = (0.5 * v58)
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v59)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = (v67 * v65)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v70_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v70 = v70 * v70_A
     for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 5 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_x = tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C) * C + v70_p)
+        v70_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v70_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v70_p)
+        v70_b = tl.load(scratch + 10 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -7790,101 +8438,119 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
+    tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
     v100_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v100_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v100_xA = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
+    v100_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v100_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v100_xA = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v100_A
     for v100_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v100_start = v100_k * BC
-        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
+        v100_B = tl.where(tl.arange(0, C)[:, None] < v100_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v100_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
         v100_rows = tl.where(tl.arange(0, C) // BC == v100_k, 1.0, 0.0)
-        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v100 += v100_B * tl.dot(tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v100_xA * v100_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v100_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v100_p = v100_r + v100_j
-        v100_x = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v100_y = tl.load(scratch + 5 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
-        v100_m = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
-        v100_a = tl.load(scratch + 5 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_x = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v100_y = tl.load(scratch + 10 * C * HID + 2 * C * D + v100_p * C + tl.arange(0, C))
+        v100_m = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + C * BV + v100_p * C + tl.arange(0, C))
+        v100_a = tl.load(scratch + 10 * C * HID + C * D + v100_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v100 += v100_x * v100_y[:, None] * v100_m[:, None] * tl.exp(tl.minimum(v100_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = (v65 * v100)
-    v84 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 5 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v99_A = tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 10 * C * HID + C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
     v99_xA = v98 * v99_A
     for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
         v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 10 * C * HID + C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
         v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
         v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_b = tl.load(scratch + 5 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_y = tl.load(scratch + 10 * C * HID + 2 * C * D + C * C + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v99_b = tl.load(scratch + 10 * C * HID + C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v99_d = tl.sum(v98 * v99_y * tl.exp(tl.minimum(v63 - v99_b, 0.0)), axis=1)
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    v56 = tl.load(scratch + 5 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.zeros((C, BV), DTYPE)
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v85 = ((-1.0) * d_new_w1)
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
+    tl.debug_barrier()
+    v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v106 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v102 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 = (v102 + v106)
-        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v108_c0 = (0.5 * v58 * tl.full((), 1.4142135623730951, DTYPE))
         v108 = (v107 * (0.5 + (0.5 * tl.math.erf(v108_c0)) + (v108_c0 * tl.exp(((-0.5) * (v58 * v58))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v109 = ((-1.0) * v108)
         v110 = tl.dot(tl.trans(v56).to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v111 = (v87 + v110)
         v112 = v111
         v10 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v113_c0 = (0.5 * v10 * tl.full((), 1.4142135623730951, DTYPE))
         v113 = (v112 * (0.5 + (0.5 * tl.math.erf(v113_c0)) + (v113_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
+    tl.debug_barrier()
+    v114 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 5 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
     v118 = ((-1.0) * v117)
     v119 = (v115 + v118[:, None])
-    v16 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (2.0 * v16 * v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
     v123 = ((-0.5) * v16 * ln_weight[None, :] * v122[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v124 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v125 = (v123 + v124)
-    v23 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v24 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
     v127 = tl.sum((v126), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v127.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
