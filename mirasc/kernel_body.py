@@ -130,8 +130,9 @@ def _segments(order: list[Value]) -> list[Value | _Loop]:
 # A hidden-block loop holds, through every block, the tiles it reads from outside (the chunk's (C, D) and (C, C)
 # values) and the sums it accumulates. Past LOOP_UNITS of them (tile_units) the loop is split before the value that
 # would pass the bound: a block the first part makes and the second reads goes through scratch memory, as between
-# any two loops. 2 from ahead-of-time compiles at D = 64 (bench/README.md, "Parked tiles"): titans' stack bytes in
-# all 13,112 unsplit, 10,824 at 3 units, 10,680 at 2; Moneta's 8,576, 8,392, 8,176.
+# any two loops. 2 from ahead-of-time compiles at D = 64 (bench/README.md, "Parked tiles and split loops"): titans'
+# stack bytes in all 13,112 unsplit, 10,824 at 3 units, 10,680 at 2 (10,704 once the terms of a shared sum were kept
+# together); Moneta's 8,576, 8,392, 8,176.
 LOOP_UNITS = 2.0
 
 
