@@ -6,7 +6,9 @@ of BH along it, inside a loop over the blocks (`body`). Consecutive such values 
 hidden axis accumulates across the loop's blocks; a value needed by a later loop is written to the program's
 scratch memory block by block and read back there. A plain sum of such sums made in one loop (the two paths of a
 product rule, the weights and the momentum of a state) accumulates its terms in one tile (`_shared_accumulators`):
-each (C, D) accumulator of fp32 holds 16 to 32 registers a thread at C = D = 64 for the whole loop.
+each (C, D) accumulator of fp32 holds 16 to 32 registers a thread at C = D = 64 for the whole loop. A loop that
+would hold too many of the chunk's tiles through its blocks is split (`_split_loops`), and a tile a loop passes
+without reading it waits in scratch memory rather than in registers (`_parked`).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def _split_loops(segments: list[Value | _Loop], into: dict[int, Value]) -> list[
         open_sums: set[int] = set()  # shared sums with terms placed and terms to come: no cut until they close
         for v in seg.values:
             reads = _outside_reads(v, part)
-            sibling = v.id in into and any(into.get(u.id) is into[v.id] for u in part.values)
+            sibling = v.id in into and into[v.id].id in open_sums  # its sum's tile is counted already
             own = tile_units(v) if v.id in seg.sums and not sibling else 0.0
             extra = sum(u for i, u in reads.items() if i not in outside) + own
             if (part.values and extra > 0 and not open_sums
