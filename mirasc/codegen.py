@@ -177,6 +177,8 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps
         "kernels": jobs,
         "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
+        # values the backward state pass reads, made per chunk before it by its local_bwd kernel
+        "local": [[n, list(axes)] for k in found for n, axes in k.makes],
     }
     return _render("triton_module.py.j2",
         version=__version__,

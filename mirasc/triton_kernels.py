@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import ir
-from .dotform import to_dot_form
+from .dotform import is_dot, to_dot_form
 from .emit_triton import (
     SHAPE,
     name,
@@ -69,6 +69,8 @@ class Kernel:
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
     sub_chunked: bool = False  # it makes channel-decay products (Body.products): the launcher chooses their BC
+    # values it writes for every chunk, [n_chunks, axes...], for a later kernel to read (name, axes)
+    makes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def offsets(self) -> list[str]:
@@ -84,13 +86,17 @@ def _only(graph: Graph, names: list[str]) -> Graph:
 
 def _stored_as_inputs(graph: Graph) -> Graph:
     """`graph` with its stored values (STORED_OPS, in graph order: `stored_0`, ...) read as inputs instead."""
+    stored = [v for v in graph.values if isinstance(v.op, STORED_OPS)]
+    return _read_as_inputs(graph, {v.id: f"stored_{j}" for j, v in enumerate(stored)})
+
+
+def _read_as_inputs(graph: Graph, names: dict[int, str]) -> Graph:
+    """`graph` with the named values (by id) read as inputs of those names instead of computed."""
     new = Graph()
     mapped: dict[int, Value] = {}
-    count = 0
     for v in graph.values:
-        if isinstance(v.op, STORED_OPS):
-            mapped[v.id] = new.input(f"stored_{count}", v.axes, v.batched)
-            count += 1
+        if v.id in names:
+            mapped[v.id] = new.input(names[v.id], v.axes, v.batched)
         elif isinstance(v.op, ir.Input):
             mapped[v.id] = new.input(v.op.name, v.axes, v.batched)
         else:
@@ -120,6 +126,12 @@ class _Assembler:
         if not self.hidden:
             self.reads.update({s: load(f"starts_{s}_ptr", axes[s], self.at) for s in states})
         self.rest_args = [f"{n}_ptr" for n in rest]
+        # the backward program with the state pass's carry-free values read (made by the local_bwd kernel)
+        self.local, self.backward = _carry_free_split(_stored_as_inputs(self.bwd) if self.made else self.bwd,
+                                                      states, self.hidden)
+        local = self.local.outputs if self.local else {}
+        self.local_args = [f"{n}_ptr" for n in local]
+        self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at) for n, v in local.items()}
 
     def sources(self, names: list[str], ptr: str, index: str) -> dict[str, tuple[str, str]]:
         return {n: (ptr.format(n), index) for n in names}
@@ -146,7 +158,7 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     registers across it: titans' kernels spilled about twice as much walking their sequence's chunks (mirasc aot,
     C = D = 64, bf16, sm_90a: the outputs kernel 352 -> 64 B, its 26 chunk kernels 25,048 -> 13,160 B in all)."""
     a = _Assembler(io, forward, backward)
-    out = [_state_forward(a), _outputs(a), _state_backward(a)]
+    out = [_state_forward(a), _outputs(a), *_state_backward(a)]
     out += _gradients(a)
     return out
 
@@ -201,23 +213,76 @@ def _outputs(a: _Assembler) -> Kernel:
                   tiles=b.tiles, sub_chunked=b.products)
 
 
-def _state_backward(a: _Assembler) -> Kernel:
-    states, axes = a.io.states, a.io.axes
-    bwd = _stored_as_inputs(a.bwd) if a.made else a.bwd
+def carry_free(part: Graph, carries: set[str]) -> list[Value]:
+    """The values of a backward state pass worth making for every chunk at once before it: each needs no adjoint
+    carried in from the next chunk (`carries`), so no chunk waits for another to make it; a value that does need one
+    reads it; it is a chunk's tile of a token tensor (a token axis and one channel axis: as much memory as an input);
+    and a matrix product makes it (anything less costs less to make again than to read).
+
+    The pass then reads them and drops whatever only they needed, as flash-linear-attention makes dv's chunk-local
+    part (chunk_bwd_dv_local) before its backward state pass (chunk_bwd_dhu). Gated DeltaNet's backward state pass,
+    mirasc aot gated_deltanet --head-dim 128 (C = 64, bf16, sm_90a): it made q·kᵀ and its product with d_out in every
+    chunk, 608 B of stack; reading that product, none."""
+    carried: dict[int, bool] = {}
+    product: dict[int, bool] = {}
+    for v in part.values:
+        carried[v.id] = (isinstance(v.op, ir.Input) and v.op.name in carries) or any(carried[a.id] for a in v.args)
+        product[v.id] = not carried[v.id] and (is_dot(v) or any(product[a.id] for a in v.args))
+    read_by_carried = {a.id for v in part.values if carried[v.id] for a in v.args}
+    return [v for v in part.values if v.id in read_by_carried and product[v.id] and _token_tile(v)]
+
+
+def _carry_free_split(bwd: Graph, states: list[str], hidden: bool) -> tuple[Graph | None, Graph]:
+    """The program making the backward state pass's carry-free values (`local_0`, ...; None if none), and the
+    backward program reading them wherever it has them (the gradient kernels too). Not for an MLP memory: its pass
+    still makes the chunk's forward pass over the hidden blocks for the values that need the carry (titans, C = D =
+    64, bf16, sm_90a: 1,800 B of stack in the pass with them read, 1,672 B without)."""
     part = _only(bwd, [f"d_{s}" for s in states])
-    loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
-    args = ([f"starts_{s}_ptr" for s in states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"] +
-            [f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] +
+    free = [] if hidden else carry_free(part, {f"d_new_{s}" for s in states})
+    if not free:
+        return None, bwd
+    made = ir.prune(Graph(part.values, part.inputs, {f"local_{j}": v for j, v in enumerate(free)}))
+    shared = Graph()  # both programs' values hash-consed into one graph, where equal values are one value
+    in_part, in_bwd = _interned(part, shared), _interned(bwd, shared)
+    local = {in_part[v.id].id: f"local_{j}" for j, v in enumerate(free)}
+    return made, _read_as_inputs(bwd, {v.id: local[in_bwd[v.id].id] for v in bwd.values if in_bwd[v.id].id in local})
+
+
+def _interned(graph: Graph, into: Graph) -> dict[int, Value]:
+    """Each value of `graph` (by id) as a value of `into`, added there unless an equal one is there already."""
+    mapped: dict[int, Value] = {}
+    for v in graph.values:
+        if isinstance(v.op, ir.Input):
+            mapped[v.id] = into.inputs.get(v.op.name) or into.input(v.op.name, v.axes, v.batched)
+        else:
+            mapped[v.id] = into._add(v.op, tuple(mapped[a.id] for a in v.args), v.axes, v.batched, v.hint)
+    return mapped
+
+
+def _token_tile(v: Value) -> bool:
+    return len(v.axes) == 2 and v.axes[0] in ir.TOKEN_AXES and v.axes[1] in (VALUE_AXIS, "i")
+
+
+def _state_backward(a: _Assembler) -> list[Kernel]:
+    """The backward state pass, and before it the kernel making its carry-free values (`carry_free`), if any."""
+    states, axes = a.io.states, a.io.axes
+    bwd = a.backward
+    part = _only(bwd, [f"d_{s}" for s in states])
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
+    first = [_local_values(a)] if a.local else []
+    args = ([f"starts_{s}_ptr" for s in states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + a.local_args +
+            ["d_out_ptr"] + [f"d_final_{s}_ptr" for s in states] + [f"d_init_{s}_ptr" for s in states] +
             [f"carries_{s}_ptr" for s in states])
     doc = "the initial state's adjoint and the adjoint entering every chunk's end"
     if not a.hidden:
         b = a.body(part, {**loads, **{f"d_new_{s}": f"carry_{s}" for s in states}})
         loop = ([store(f"carries_{s}_ptr", axes[s], a.at, f"carry_{s}") for s in states] + b.lines +
                 [f"carry_{s} = {name(part.outputs['d_' + s])}" for s in states])
-        return Kernel("chunk_state_bwd_kernel", doc, "down", args + (["scratch_ptr"] if b.scratch else []),
-                      [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
-                      loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
-                      value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)
+        return first + [Kernel(
+            "chunk_state_bwd_kernel", doc, "down", args + (["scratch_ptr"] if b.scratch else []),
+            [f"carry_{s} = {load(f'd_final_{s}_ptr', axes[s], 'pid')}" for s in states] + a.static_loads,
+            loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
+            value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)]
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
     sources = {**a.sources(states, "starts_{}_ptr", a.at),
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -226,15 +291,31 @@ def _state_backward(a: _Assembler) -> Kernel:
     b = a.body(part, loads, sources, outputs)
     last = "(first_chunk + tl.cdiv(seq_len, C) - 1)"
     prologue = a.static_loads + _copy_blocks(states, axes, "d_final_{}_ptr", "pid", "carries_{}_ptr", last)
-    return Kernel("chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
-                  b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
-                  b.scratch, tiles=b.tiles, sub_chunked=b.products)
+    return first + [Kernel(
+        "chunk_state_bwd_kernel", doc, "down", args + ["scratch_ptr"], prologue,
+        b.lines + ["tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote"], [],
+        b.scratch, tiles=b.tiles, sub_chunked=b.products)]
+
+
+def _local_values(a: _Assembler) -> Kernel:
+    """One chunk's carry-free values of the backward state pass, [n_chunks, axes...] each (a program past its
+    sequence's last chunk writes nothing)."""
+    made = a.local
+    loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
+    b = a.body(made, loads)
+    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
+    args = ([f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"] +
+            a.local_args)
+    return Kernel("chunk_local_bwd_kernel", "one chunk's values of the backward state pass that need no adjoint from "
+                  "the next chunk", "chunk", args + (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [],
+                  b.scratch, value_blocks="columns" if value_local(made) else "none", tiles=b.tiles,
+                  sub_chunked=b.products, makes=[(n, v.axes) for n, v in made.outputs.items()])
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:
     states, rest, token, axes = a.io.states, a.io.rest, a.io.token, a.io.axes
-    bwd = _stored_as_inputs(a.bwd) if a.made else a.bwd
-    loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
+    bwd = a.backward
+    loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
     if a.hidden:
         sources = {**a.sources(states, "starts_{}_ptr", a.at),
                    **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
@@ -255,7 +336,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
             ptr = "grad_block_ptr"
             grad = (store(ptr, axes[n], "", g, token=True) if token[n] else store(ptr, axes[n], a.at, g, mask="nv > 0"))
             args = ([f"starts_{s}_ptr" for s in states] + [f"carries_{s}_ptr" for s in states] + a.rest_args +
-                    [f"{k}_ptr" for k in a.kept] + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
+                    [f"{k}_ptr" for k in a.kept] + a.local_args + ["d_out_ptr", f"grad_{n}_ptr", "grad_block_stride"])
             kinds = None if a.hidden else value_kinds(part)
             blocks = "none" if kinds is None else kinds[part.outputs["term"].id]
             blocks = "none" if blocks == "whole" else blocks
@@ -267,4 +348,4 @@ def _gradients(a: _Assembler) -> list[Kernel]:
     return out
 
 
-__all__ = ["Kernel", "KernelIO", "kernels", "offsets", "stored_values"]
+__all__ = ["Kernel", "KernelIO", "carry_free", "kernels", "offsets", "stored_values"]

@@ -65,7 +65,8 @@ DESCRIPTION = {'spec': 'linear_attention',
                               'value_blocks': 'columns',
                               'tiles': 3.0,
                               'sub_chunks': False}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

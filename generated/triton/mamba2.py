@@ -88,7 +88,8 @@ DESCRIPTION = {'spec': 'mamba2',
                                        'value_blocks': 'partial',
                                        'tiles': 4.0,
                                        'sub_chunks': False}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

@@ -1262,7 +1262,8 @@ DESCRIPTION = {'spec': 'memora',
                                     'value_blocks': 'none',
                                     'tiles': 28.0,
                                     'sub_chunks': True}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

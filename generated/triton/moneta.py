@@ -1150,7 +1150,8 @@ DESCRIPTION = {'spec': 'moneta',
                                     'value_blocks': 'none',
                                     'tiles': 20.0,
                                     'sub_chunks': True}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

@@ -660,7 +660,8 @@ DESCRIPTION = {'spec': 'titans',
                                     'value_blocks': 'none',
                                     'tiles': 12.5,
                                     'sub_chunks': False}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

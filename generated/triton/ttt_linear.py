@@ -35,10 +35,15 @@ DESCRIPTION = {'spec': 'ttt_linear',
                          'value_blocks': 'none',
                          'tiles': 6.0,
                          'sub_chunks': False},
+             'local_bwd': {'grid': 'chunks',
+                           'scratch': [],
+                           'value_blocks': 'none',
+                           'tiles': 7.0,
+                           'sub_chunks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'none',
-                           'tiles': 10.0,
+                           'tiles': 9.0,
                            'sub_chunks': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
@@ -53,37 +58,37 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 6.0,
+                              'tiles': 4.0,
                               'sub_chunks': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 6.0,
+                              'tiles': 5.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 7.0,
+                              'tiles': 3.0,
                               'sub_chunks': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 8.0,
+                              'tiles': 6.0,
                               'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 7.0,
+                              'tiles': 3.0,
                               'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 6.0,
+                              'tiles': 3.0,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'none',
-                                     'tiles': 5.0,
+                                     'tiles': 3.0,
                                      'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
@@ -93,22 +98,22 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
-                                      'tiles': 6.0,
+                                      'tiles': 4.0,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
-                                      'tiles': 8.0,
+                                      'tiles': 3.0,
                                       'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
-                                      'tiles': 7.0,
+                                      'tiles': 3.0,
                                       'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [],
                                       'value_blocks': 'none',
-                                      'tiles': 7.0,
+                                      'tiles': 4.0,
                                       'sub_chunks': False},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
@@ -118,9 +123,10 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [],
                                     'value_blocks': 'none',
-                                    'tiles': 7.0,
+                                    'tiles': 3.0,
                                     'sub_chunks': False}},
- 'stored': []}
+ 'stored': [],
+ 'local': [['local_0', ['t', 'o']], ['local_1', ['t', 'o']], ['local_2', ['s', 'o']]]}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -273,8 +279,99 @@ def chunk_out_fwd_kernel(
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v47.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_local_bwd_kernel(
+    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v9 = tl.sum((v7), axis=1)
+    v10 = (v9 / (D))
+    v11 = (v7 - v10[:, None])
+    v12 = (v11 * v11)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v16 = k
+    v17 = (v15 + v16)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v33 = k
+    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v30 = gate_eta
+    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    v23 = (2.0 * v11 * v22[:, None])
+    v24 = (v19 + v23)
+    v25 = ((-1.0) * v24)
+    v26 = tl.sum((v25), axis=1)
+    v27 = (v26 / (D))
+    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v34 = v28
+    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v38 = (v32 - v37)
+    v39 = tl.sum((v38), axis=1)
+    v40 = (v39 / (D))
+    v41 = (v38 - v40[:, None])
+    v42 = (v41 * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v49 = tl.sum((v48), axis=1)
+    v50 = (v49 / (D))
+    v51 = (2.0 * v41 * v50[:, None])
+    v52 = (v47 + v51)
+    v53 = ((-1.0) * v52)
+    v54 = tl.sum((v53), axis=1)
+    v55 = (v54 / (D))
+    v56 = (v52 + v55[:, None])
+    v57 = ((-1.0) * v56)
+    v58 = tl.dot(tl.trans(v36).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v11.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v58.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
-    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
+    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -306,104 +403,96 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v9 = tl.sum((v7), axis=1)
-        v10 = (v9 / (D))
-        v11 = (v7 - v10[:, None])
-        v12 = (v11 * v11)
-        v13 = tl.sum((v12), axis=1)
-        v14 = (v13 / (D))
-        v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-        v16 = k
-        v17 = (v15 + v16)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v18 = (v17 - v)  # inner gradient signal g = dl/dy
-        v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v21 = tl.sum((v20), axis=1)
-        v22 = (v21 / (D))
-        v23 = (2.0 * v11 * v22[:, None])
-        v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v24 = (v19 + v23)
-        v25 = ((-1.0) * v24)
-        v26 = tl.sum((v25), axis=1)
-        v27 = (v26 / (D))
-        v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v38 = v28
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v9 = (local_0 * local_0)
+        v10 = tl.sum((v9), axis=1)
+        v11 = (v10 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v15 = tl.sum((v14), axis=1)
+        v16 = (v15 / (D))
+        v17 = (2.0 * local_0 * v16[:, None])
+        v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v18 = (v13 + v17)
+        v19 = ((-1.0) * v18)
+        v20 = tl.sum((v19), axis=1)
+        v21 = (v20 / (D))
+        v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v32 = v22
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v37 = k
-        v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v31 = k
+        v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v33 = gate_eta
-        v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-        v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = (v36 - v41)
-        v43 = tl.sum((v42), axis=1)
-        v44 = (v43 / (D))
-        v45 = (v42 - v44[:, None])
-        v46 = (v45 * v45)
-        v47 = tl.sum((v46), axis=1)
-        v48 = (v47 / (D))
+        v27 = gate_eta
+        v34 = (v33 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])))
+        v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v36 = (v30 - v35)
+        v37 = tl.sum((v36), axis=1)
+        v38 = (v37 / (D))
+        v39 = (v36 - v38[:, None])
+        v40 = (v39 * v39)
+        v41 = tl.sum((v40), axis=1)
+        v42 = (v41 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (2.0 * v45 * v57[:, None])
-        v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-        v59 = (v54 + v58)
-        v60 = ((-1.0) * v59)
-        v61 = tl.sum((v60), axis=1)
-        v62 = (v61 / (D))
-        v63 = (v59 + v62[:, None])
-        v64 = ((-1.0) * v63)
-        v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v35 = (v32 * v33)
-        v52 = (v37 * v35[:, None])
+        v49 = ((-0.5) * v39 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v42[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
+        v50 = tl.sum((v49), axis=1)
+        v51 = (v50 / (D))
+        v52 = (2.0 * v39 * v51[:, None])
+        v48 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
+        v53 = (v48 + v52)
+        v54 = ((-1.0) * v53)
+        v55 = tl.sum((v54), axis=1)
+        v56 = (v55 / (D))
+        v57 = (v53 + v56[:, None])
+        v61 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v29 = (v26 * v27)
+        v46 = (v31 * v29[:, None])
         d_new_w1 = carry_w1
-        v51 = ((-1.0) * d_new_w1)
-        v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = (v53 + v65)
-        v67 = v66
-        v69 = tl.sum((v67), axis=1)
-        v70 = (v69 / (D))
-        v71 = ((-1.0) * v70)
-        v72 = (v67 + v71[:, None])
-        v74 = (2.0 * v11 * v72)
+        v45 = ((-1.0) * d_new_w1)
+        v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v59 = (v47 + local_2)
+        v60 = v59
+        v62 = tl.sum((v60), axis=1)
+        v63 = (v62 / (D))
+        v64 = ((-1.0) * v63)
+        v65 = (v60 + v64[:, None])
+        v67 = (2.0 * local_0 * v65)
+        v68 = tl.sum((v67), axis=1)
+        v69 = (v68 / (D))
+        v71 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v72 = tl.sum((v71), axis=1)
+        v73 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v76 = (ln_weight[None, :] * v65 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v77 = (v73 + v76)
+        v79 = ((-0.5) * local_0 * ln_weight[None, :] * v77 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v80 = tl.sum((v79), axis=1)
+        v74 = ((-0.5) * ln_weight[None, :] * local_1 * v65 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
         v75 = tl.sum((v74), axis=1)
-        v76 = (v75 / (D))
-        v80 = ((-0.5) * v11 * ln_weight[None, :] * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v83 = (ln_weight[None, :] * v72 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v84 = (v80 + v83)
-        v86 = ((-0.5) * v11 * ln_weight[None, :] * v84 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v87 = tl.sum((v86), axis=1)
-        v78 = (0.75 * v11 * ln_weight[None, :] * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v79 = tl.sum((v78), axis=1)
-        v81 = ((-0.5) * ln_weight[None, :] * v18 * v72 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v82 = tl.sum((v81), axis=1)
-        v88 = (v79 + v82 + v87)
-        v89 = (v88 / (D))
-        v90 = (2.0 * v11 * v89[:, None])
-        v85 = (ln_weight[None, :] * v84 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v73 = (2.0 * v22[:, None] * v72)
-        v77 = ((-0.5) * ln_weight[None, :] * v18 * v76[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-        v91 = (v73 + v77 + v85 + v90)
-        v92 = ((-1.0) * v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v91 + v94[:, None])
-        v96 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v95.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v68 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v97 = (d_new_w1 + v68 + v96)
-        carry_w1 = v97
+        v81 = (v72 + v75 + v80)
+        v82 = (v81 / (D))
+        v83 = (2.0 * local_0 * v82[:, None])
+        v66 = (2.0 * v16[:, None] * v65)
+        v78 = (ln_weight[None, :] * v77 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v70 = ((-0.5) * ln_weight[None, :] * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v84 = (v66 + v70 + v78 + v83)
+        v85 = ((-1.0) * v84)
+        v86 = tl.sum((v85), axis=1)
+        v87 = (v86 / (D))
+        v88 = (v84 + v87[:, None])
+        v89 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v90 = (d_new_w1 + v61 + v89)
+        carry_w1 = v90
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -437,12 +526,12 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v9 = d_out
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v9.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v11 = d_out
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -476,65 +565,58 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
+    v27 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = v28
+    v24 = gate_eta
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v28 = v22
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
-    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = (v32 - v37)
-    v39 = tl.sum((v38), axis=1)
-    v40 = (v39 / (D))
-    v41 = (v38 - v40[:, None])
-    v42 = (v41 * v41)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
+    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = (v26 - v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v49 = tl.sum((v48), axis=1)
-    v50 = (v49 / (D))
-    v51 = (2.0 * v41 * v50[:, None])
-    v52 = (v47 + v51)
-    v53 = ((-1.0) * v52)
-    v54 = tl.sum((v53), axis=1)
-    v55 = (v54 / (D))
-    v56 = (v52 + v55[:, None])
-    v57 = ((-1.0) * v56)
-    v58 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v59 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])) * v58)
-    v60 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v60.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v45 = (2.0 * v35 * v44[:, None])
+    v46 = (v41 + v45)
+    v47 = ((-1.0) * v46)
+    v48 = tl.sum((v47), axis=1)
+    v49 = (v48 / (D))
+    v50 = (v46 + v49[:, None])
+    v51 = ((-1.0) * v50)
+    v52 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])) * v52)
+    v55 = tl.trans(tl.dot(tl.trans(v27).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -567,63 +649,56 @@ def chunk_grad_q_2_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = v28
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v28 = v22
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
-    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = (v32 - v37)
-    v39 = tl.sum((v38), axis=1)
-    v40 = (v39 / (D))
-    v41 = (v38 - v40[:, None])
-    v42 = (v41 * v41)
+    v24 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
+    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = (v26 - v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v49 = tl.sum((v48), axis=1)
-    v50 = (v49 / (D))
-    v51 = (2.0 * v41 * v50[:, None])
-    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v52 = (v47 + v51)
-    v53 = ((-1.0) * v52)
-    v54 = tl.sum((v53), axis=1)
-    v55 = (v54 / (D))
-    v56 = (v52 + v55[:, None])
-    v57 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v57.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v45 = (2.0 * v35 * v44[:, None])
+    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = (v41 + v45)
+    v47 = ((-1.0) * v46)
+    v48 = tl.sum((v47), axis=1)
+    v49 = (v48 / (D))
+    v50 = (v46 + v49[:, None])
+    v52 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -656,74 +731,67 @@ def chunk_grad_k_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v32 = v22
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = k
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v31 = k
+    v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
+    v27 = gate_eta
+    v34 = (v33 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])))
+    v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v36 = (v30 - v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (v36 - v38[:, None])
+    v40 = (v39 * v39)
+    v41 = tl.sum((v40), axis=1)
+    v42 = (v41 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.trans(tl.dot(v38.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v66 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])) * v65)
-    v67 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v35 = (v32 * v33)
-    v52 = (v38 * v35[:, None])
+    v49 = ((-0.5) * v39 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v42[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
+    v50 = tl.sum((v49), axis=1)
+    v51 = (v50 / (D))
+    v52 = (2.0 * v39 * v51[:, None])
+    v48 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
+    v53 = (v48 + v52)
+    v54 = ((-1.0) * v53)
+    v55 = tl.sum((v54), axis=1)
+    v56 = (v55 / (D))
+    v57 = (v53 + v56[:, None])
+    v58 = ((-1.0) * v57)
+    v59 = tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v61 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])) * v59)
+    v62 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v29 = (v26 * v27)
+    v46 = (v32 * v29[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = (v53 + v67)
-    v69 = v68
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v69.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v45 = ((-1.0) * d_new_w1)
+    v47 = tl.dot(v46.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v63 = (v47 + v62)
+    v64 = v63
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -757,82 +825,38 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v11 * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v77 = (v75 + v76)
-    v78 = v77
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = (2.0 * local_0 * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (v35 + v36)
+    v38 = v37
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v38.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -866,99 +890,60 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = k
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v22 = k
+    v19 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v20 = gate_eta
+    v21 = (v19 * v20)
+    v26 = (v22 * v21[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v73 = (2.0 * v11 * v71)
-    v74 = tl.sum((v73), axis=1)
-    v75 = (v74 / (D))
-    v79 = ((-0.5) * v11 * ln_weight[None, :] * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v82 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v83 = (v79 + v82)
-    v85 = ((-0.5) * v11 * ln_weight[None, :] * v83 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v86 = tl.sum((v85), axis=1)
-    v77 = (0.75 * v11 * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v78 = tl.sum((v77), axis=1)
-    v80 = ((-0.5) * ln_weight[None, :] * v18 * v71 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v81 = tl.sum((v80), axis=1)
-    v87 = (v78 + v81 + v86)
-    v88 = (v87 / (D))
-    v89 = (2.0 * v11 * v88[:, None])
-    v84 = (ln_weight[None, :] * v83 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v72 = (2.0 * v22[:, None] * v71)
-    v76 = ((-0.5) * ln_weight[None, :] * v18 * v75[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v90 = (v72 + v76 + v84 + v89)
-    v91 = ((-1.0) * v90)
-    v92 = tl.sum((v91), axis=1)
-    v93 = (v92 / (D))
-    v94 = (v90 + v93[:, None])
-    v95 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v94).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v95.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v25 = ((-1.0) * d_new_w1)
+    v27 = tl.dot(v26.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v29 = (v27 + local_2)
+    v30 = v29
+    v31 = tl.sum((v30), axis=1)
+    v32 = (v31 / (D))
+    v33 = ((-1.0) * v32)
+    v34 = (v30 + v33[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v36 = (2.0 * local_0 * v34)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v40 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v41 = tl.sum((v40), axis=1)
+    v42 = ((-0.5) * local_0 * ln_weight[None, :] * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v45 = (ln_weight[None, :] * v34 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v46 = (v42 + v45)
+    v48 = ((-0.5) * local_0 * ln_weight[None, :] * v46 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v49 = tl.sum((v48), axis=1)
+    v43 = ((-0.5) * ln_weight[None, :] * local_1 * v34 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v44 = tl.sum((v43), axis=1)
+    v50 = (v41 + v44 + v49)
+    v51 = (v50 / (D))
+    v52 = (2.0 * local_0 * v51[:, None])
+    v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v14 = tl.sum((v13), axis=1)
+    v15 = (v14 / (D))
+    v35 = (2.0 * v15[:, None] * v34)
+    v47 = (ln_weight[None, :] * v46 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v39 = ((-0.5) * ln_weight[None, :] * local_1 * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v53 = (v35 + v39 + v47 + v52)
+    v54 = ((-1.0) * v53)
+    v55 = tl.sum((v54), axis=1)
+    v56 = (v55 / (D))
+    v57 = (v53 + v56[:, None])
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v58 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v58.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -992,80 +977,36 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v11 * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = ((-1.0) * v75)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v76.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = (2.0 * local_0 * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v36 = ((-1.0) * v35)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v36.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1098,78 +1039,34 @@ def chunk_grad_v_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v37 = k
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v73 = ((-1.0) * v72)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    v32 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v33 = ((-1.0) * v32)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v33.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1202,45 +1099,37 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = v28
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v28 = v22
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v37 = ((-1.0) * d_new_w1)
-    v38 = tl.dot(v34.to(DOT_DTYPE), v37.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v39 = (v33 * v38)
-    v40 = tl.sum((v39), axis=1)
-    v41 = (v32 * v40)
-    v42 = v41
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v42.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v31 = ((-1.0) * d_new_w1)
+    v32 = tl.dot(v28.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    v33 = (v27 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v36 = (v26 * v34)
+    v37 = v36
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1273,68 +1162,61 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = v28
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v28 = v22
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
-    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = (v32 - v37)
-    v39 = tl.sum((v38), axis=1)
-    v40 = (v39 / (D))
-    v41 = (v38 - v40[:, None])
-    v42 = (v41 * v41)
+    v24 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
+    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = (v26 - v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v49 = tl.sum((v48), axis=1)
-    v50 = (v49 / (D))
-    v51 = (2.0 * v41 * v50[:, None])
-    v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v52 = (v47 + v51)
-    v53 = ((-1.0) * v52)
-    v54 = tl.sum((v53), axis=1)
-    v55 = (v54 / (D))
-    v56 = (v52 + v55[:, None])
-    v57 = ((-1.0) * v56)
-    v58 = tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v59 = (v35 * v58)
-    v60 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v59)
-    v61 = tl.sum((v60), axis=0)
-    v62 = v61
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v62.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v45 = (2.0 * v35 * v44[:, None])
+    v46 = (v41 + v45)
+    v47 = ((-1.0) * v46)
+    v48 = tl.sum((v47), axis=1)
+    v49 = (v48 / (D))
+    v50 = (v46 + v49[:, None])
+    v51 = ((-1.0) * v50)
+    v52 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = (v29 * v52)
+    v55 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v54)
+    v56 = tl.sum((v55), axis=0)
+    v57 = v56
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v57.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1367,54 +1249,47 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v15 = tl.sum((v14), axis=1)
+    v16 = (v15 / (D))
+    v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v18 = (v13 + v17)
+    v19 = ((-1.0) * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+    v28 = v22
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v33 = k
-    v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v27 = k
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v30 = gate_eta
-    v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v34 = v28
-    v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = (v32 - v37)
-    v39 = tl.sum((v38), axis=1)
-    v40 = (v39 / (D))
-    v41 = (v38 - v40[:, None])
-    v42 = (v41 * v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
+    v24 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
+    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
+    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v32 = (v26 - v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v47 = (v41 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
-    v48 = tl.sum((v47), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v48.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v41 = (v35 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v42 = tl.sum((v41), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v42.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1448,80 +1323,37 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v11 * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = ((-0.5) * v11 * v18 * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = tl.sum((v75), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = (2.0 * local_0 * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v35 = ((-0.5) * local_0 * local_1 * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v36 = tl.sum((v35), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v36.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1555,77 +1387,34 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (v18 * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v73 = tl.sum((v72), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = (local_1 * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v33 = tl.sum((v32), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v33.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1658,84 +1447,40 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v11 * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v77 = (v75 + v76)
-    v78 = (v11 * v77 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v79 = tl.sum((v78), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v79.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    v32 = (2.0 * local_0 * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (v35 + v36)
+    v38 = (local_0 * v37 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v39 = tl.sum((v38), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v39.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1769,12 +1514,12 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v9 = tl.sum((d_out), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v9.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v11 = tl.sum((d_out), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1808,75 +1553,31 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v7 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v9 = tl.sum((v7), axis=1)
-    v10 = (v9 / (D))
-    v11 = (v7 - v10[:, None])
-    v12 = (v11 * v11)
-    v13 = tl.sum((v12), axis=1)
-    v14 = (v13 / (D))
-    v37 = k
-    v32 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v19 = k
+    v16 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v33 = gate_eta
-    v35 = (v32 * v33)
-    v52 = (v37 * v35[:, None])
+    v17 = gate_eta
+    v18 = (v16 * v17)
+    v23 = (v19 * v18[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v51 = ((-1.0) * d_new_w1)
-    v53 = tl.dot(v52.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.dot(q.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v40 = (v39 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33[None, :])))
-    v36 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
-    v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = (v17 - v)  # inner gradient signal g = dl/dy
-    v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v21 = tl.sum((v20), axis=1)
-    v22 = (v21 / (D))
-    v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
-    v25 = ((-1.0) * v24)
-    v26 = tl.sum((v25), axis=1)
-    v27 = (v26 / (D))
-    v28 = (v24 + v27[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v38 = v28
-    v41 = tl.dot(v40.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = (v36 - v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v42 - v44[:, None])
-    v46 = (v45 * v45)
-    v47 = tl.sum((v46), axis=1)
-    v48 = (v47 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v54 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v55 = ((-0.5) * v45 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v48[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v48[:, None])))))
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (2.0 * v45 * v57[:, None])
-    v59 = (v54 + v58)
-    v60 = ((-1.0) * v59)
-    v61 = tl.sum((v60), axis=1)
-    v62 = (v61 / (D))
-    v63 = (v59 + v62[:, None])
-    v64 = ((-1.0) * v63)
-    v65 = tl.dot(tl.trans(v40).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = (v53 + v65)
-    v67 = v66
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = ((-1.0) * v69)
-    v71 = (v67 + v70[:, None])
-    v72 = (2.0 * v11 * v71)
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = ((-0.5) * v11 * ln_weight[None, :] * v74[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v76 = (ln_weight[None, :] * v71 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v77 = (v75 + v76)
-    v78 = tl.sum((v77), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v78.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v22 = ((-1.0) * d_new_w1)
+    v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = (v24 + local_2)
+    v27 = v26
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = ((-1.0) * v29)
+    v31 = (v27 + v30[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = (2.0 * local_0 * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v9 = (local_0 * local_0)
+    v10 = tl.sum((v9), axis=1)
+    v11 = (v10 / (D))
+    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (v35 + v36)
+    v38 = tl.sum((v37), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v38.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -332,7 +332,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'value_blocks': 'none',
                                     'tiles': 10.0,
                                     'sub_chunks': False}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

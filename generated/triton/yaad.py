@@ -889,7 +889,8 @@ DESCRIPTION = {'spec': 'yaad',
                                     'value_blocks': 'none',
                                     'tiles': 21.0,
                                     'sub_chunks': True}},
- 'stored': []}
+ 'stored': [],
+ 'local': []}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

@@ -310,7 +310,12 @@ class TritonChunkwise(torch.autograd.Function):
                    d.contiguous().to(launch.dtype) for d, shape in zip(d_state, shapes)]
         d_init = [torch.full(shape, float("nan"), device=q.device, dtype=launch.dtype) for shape in shapes]
         carries = [torch.empty_like(s) for s in starts]
-        launch.run(kernels, "state_bwd", *starts, *rest, d_out, *d_state, *d_init, *carries)
+        # the backward state pass's values that need no adjoint from the next chunk, every chunk at once, first
+        local = [torch.full((launch.n_chunks, *(launch.size(a) for a in axes)), float("nan"), device=q.device,
+                            dtype=launch.dtype) for _, axes in launch.desc.get("local", [])]
+        if local:
+            launch.run(kernels, "local_bwd", *starts, *rest, d_out, *local)
+        launch.run(kernels, "state_bwd", *starts, *rest, *local, d_out, *d_state, *d_init, *carries)
         # a static input's gradient comes per chunk: summed here over chunks, and over the sequences of a row
         grads = []
         for (name, _, tok), x in zip(launch.desc["inputs"], rest):
@@ -323,7 +328,8 @@ class TritonChunkwise(torch.autograd.Function):
                 wide = x.dtype if copies == 1 else launch.dtype  # the shares are added in fp32 (fp64)
                 term = torch.full(shape, float("nan"), device=x.device, dtype=wide) if tok else \
                     torch.zeros(shape, device=x.device, dtype=launch.dtype)
-                launch.run(kernels, job, *starts, *carries, *rest, d_out, term, term[0].numel() if copies > 1 else 0)
+                launch.run(kernels, job, *starts, *carries, *rest, *local, d_out, term,
+                           term[0].numel() if copies > 1 else 0)
                 term = term[0] if copies == 1 else term.sum(0).to(x.dtype if tok else launch.dtype)
                 total = term if total is None else total + term
             grads.append(total)
