@@ -1,7 +1,8 @@
 """The kernels of a spec, assembled from its chunk programs (the lines of each value come from mirasc.emit_triton).
 
 Four jobs, each emitted from the part of the forward or backward program it needs (`kernels`): the state pass,
-the outputs, the backward state pass and one kernel per input and summand of its gradient. Within a kernel the
+the outputs, the backward state pass (with, before it, the chunk-parallel kernel making the values of it that need
+no adjoint from the next chunk: `carry_free`) and one kernel per input and summand of its gradient. Within a kernel the
 values are emitted in the order mirasc.kernel_plan's `schedule` chooses; kernel_plan also decides which kernels run
 by blocks of the value axis and how a gradient is split into terms.
 
@@ -145,6 +146,9 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
 
     state_fwd   sequential over a sequence's chunks: the final state, and every chunk's start state (`starts`);
     out_fwd     the outputs of one chunk, from its stored start state;
+    local_bwd   the backward state pass's values that need no adjoint from the next chunk (`carry_free`), one
+                chunk per program, all chunks at once, stored per chunk for state_bwd and the gradient kernels
+                (linear memories only, and only where there are such values);
     state_bwd   sequential, last chunk first: the initial state's adjoint, and the adjoint entering every
                 chunk's end (`carries`);
     grad_<x>_<j>_bwd  one kernel per input x and summand j of its gradient (a path by which x reaches the outputs):

@@ -21,7 +21,7 @@ from mirasc.dotform import is_dot, product_tile_axes, to_dot_form
 from mirasc.emit_triton import CubeTileError
 from mirasc.grad import differentiate
 from mirasc.lower import input_names, lower
-from mirasc.triton_kernels import kernels
+from mirasc.triton_kernels import _Assembler, _only, carry_free, kernels
 from mirasc.triton_printer import TritonPrinter
 
 
@@ -383,3 +383,29 @@ def test_hidden_block_loops_hold_few_outside_tiles(stem, monkeypatch):
     monkeypatch.setattr(kernel_body, "_split_loops", checked)
     generate_triton(load(stem))
     assert max(splits) > 0, "no loop was split"
+
+
+@pytest.mark.parametrize("stem", ["deltanet", "gated_deltanet"])
+def test_backward_state_pass_reads_its_carry_free_products(stem):
+    """The delta rule's backward state pass, sequential over chunks, makes no product that needs no adjoint from the
+    next chunk: the scores' product with d_out (local_0) comes from the chunk-parallel local_bwd kernel, made for
+    every chunk before the pass, which reads it; the gradient kernels that need it read it as well."""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    text = generate_triton(load(stem))
+    kernels_by_name = {k.split("(")[0].strip(): k for k in re.split(r"^def ", text, flags=re.M)[1:]}
+    state_bwd, local_bwd = kernels_by_name["chunk_state_bwd_kernel"], kernels_by_name["chunk_local_bwd_kernel"]
+    assert "local_0 = tl.load(local_0_ptr" in state_bwd
+    assert "# scores" not in state_bwd and "# scores" in local_bwd
+    assert "tl.store(local_0_ptr" in local_bwd
+    assert any("local_0 = tl.load(local_0_ptr" in k for n, k in kernels_by_name.items() if n.startswith("chunk_grad_"))
+    description = text[text.index("DESCRIPTION"):]
+    assert "'local': [['local_0', ['s', 'o']]]" in description and "'local_bwd': {'grid': 'chunks'" in description
+    # nothing carry-free and made by a product is left in the pass
+    spec = load(stem)
+    fwd = lower(derive(spec), channel_decay="products")
+    io = _kernel_io(spec, fwd)
+    a = _Assembler(io, fwd, differentiate(fwd, input_names(spec)))
+    part = _only(a.backward, [f"d_{s}" for s in io.states])
+    assert carry_free(part, {f"d_new_{s}" for s in io.states}) == []

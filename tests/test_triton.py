@@ -286,15 +286,17 @@ def _every_slot_written(launch, fn, grid, args, consts):
     assert not scratch.isnan().any(), f"{fn.__name__}: scratch memory no program wrote (grid {grid})"
 
 
-def test_triton_varlen_mlp_memory_equals_separate_sequences(ops, monkeypatch):
-    """Packed sequences of an MLP memory, whose chunk kernels keep blocks in scratch memory (a slot per program):
-    outputs, final states and every gradient equal the torch backend run on each sequence alone, in fp64. The
-    programs of a shorter sequence's chunks past its end read its last chunk again and must write nothing. Every
-    program's scratch slot is its own: the scratch buffer, NaN-poisoned before each launch, is written everywhere (the
-    interpreter runs programs one at a time, so programs sharing a slot would not change the results here)."""
+@pytest.mark.parametrize("name", ["titans", "gated_deltanet"])
+def test_triton_varlen_gradients_equal_separate_sequences(ops, monkeypatch, name):
+    """Packed sequences: outputs, final states and every gradient equal the torch backend run on each sequence
+    alone, in fp64. The programs of a shorter sequence's chunks past its end read its last chunk again and must write
+    nothing. An MLP memory's chunk kernels keep blocks in scratch memory, a slot per program, which must be its own:
+    the scratch buffer, NaN-poisoned before each launch, is written everywhere (the interpreter runs programs one at
+    a time, so programs sharing a slot would not change the results here). The delta rule's backward state pass
+    reads values a chunk-parallel kernel made for every chunk (local_bwd), into NaN-filled buffers."""
     import mirasc.backends.triton as backend
 
-    tri, ref = ops("titans")
+    tri, ref = ops(name)
     launch = backend.launch_fitting
     monkeypatch.setattr(backend, "launch_fitting", lambda fn, grid, args, consts: _every_slot_written(
         launch, fn, grid, args, consts))
