@@ -4,10 +4,11 @@
 """Triton kernels for the `deltanet` Miras memory (see docs/semantics.md); mirasc.backends.triton launches
 them as DESCRIPTION says.
 
-Four kernels per chunk program (mirasc.emit_triton.kernels): the state pass walks each sequence's chunks and stores
+Four jobs per chunk program (mirasc.triton_kernels.kernels): the state pass walks each sequence's chunks and stores
 every chunk's start state; the outputs are then computed for all chunks at once; the backward state pass walks
-the chunks in reverse and stores the adjoint entering every chunk's end; the inputs' gradients are then computed
-for all chunks at once. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,
+the chunks in reverse and stores the adjoint entering every chunk's end (the values of it that need no adjoint from
+the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
+for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,
 mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and state are in DTYPE (fp32,
 or fp64 for fp64 inputs).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).

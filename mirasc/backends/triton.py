@@ -44,7 +44,10 @@ INTERPRETER_HIDDEN_BLOCK: int | None = None  # tests set a small block to walk s
 def value_block(head_dim: int) -> int:
     """BV, the value columns one program of a value-blocked kernel holds (DESCRIPTION's "value_blocks"). 32 from
     ahead-of-time compiles of gated_deltanet (C = 64, bf16, sm_90a, 8 warps), stack bytes of the state pass / the
-    backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32: 0 / 32."""
+    backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32: 0 / 32.
+    Since the backward state pass reads its carry-free values (mirasc.triton_kernels.carry_free), all of
+    gated_deltanet's kernels at D = 128 spill 416 B in all with BV = 32 and 120 B with 16 (two key-gradient terms);
+    32 stays, for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16."""
     return min(head_dim, 32)
 
 
