@@ -1,6 +1,7 @@
 """The kernels of a spec, assembled from its chunk programs (the lines of each value come from mirasc.emit_triton).
 
-Four jobs, each emitted from the part of the forward or backward program it needs (`kernels`): the state pass,
+Four jobs, each emitted from the part of the forward or backward program it needs (`kernels`): the state pass
+(with, before it, the chunk-parallel kernel making the stored values, the UT transform, where no state reaches them),
 the outputs, the backward state pass (with, before it, the chunk-parallel kernel making the values of it that need
 no adjoint from the next chunk: `carry_free`) and one kernel per input and summand of its gradient. Within a kernel the
 values are emitted in the order mirasc.kernel_plan's `schedule` chooses; kernel_plan also decides which kernels run
@@ -144,6 +145,8 @@ class _Assembler:
 def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     """The kernels of a chunk program, each from the part of the forward or backward program it needs:
 
+    stored_fwd  the stored values (the UT transform), one chunk per program, all chunks at once, when no state
+                reaches them (`_stored_first`; else state_fwd makes them);
     state_fwd   sequential over a sequence's chunks: the final state, and every chunk's start state (`starts`);
     out_fwd     the outputs of one chunk, from its stored start state;
     local_bwd   the backward state pass's values that need no adjoint from the next chunk (`carry_free`), one
@@ -162,23 +165,60 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     registers across it: titans' kernels spilled about twice as much walking their sequence's chunks (mirasc aot,
     C = D = 64, bf16, sm_90a: the outputs kernel 352 -> 64 B, its 26 chunk kernels 25,048 -> 13,160 B in all)."""
     a = _Assembler(io, forward, backward)
-    out = [_state_forward(a), _outputs(a), *_state_backward(a)]
+    first = _stored_first(a)
+    out = [*([first] if first else []), _state_forward(a, first is not None), _outputs(a)]
+    out += _state_backward(a)
     out += _gradients(a)
     return out
 
 
-def _state_forward(a: _Assembler) -> Kernel:
+def _state_free(graph: Graph, states: list[str]) -> set[int]:
+    """The values of `graph` that no state input reaches."""
+    reached: set[int] = set()
+    for v in graph.values:
+        if (isinstance(v.op, ir.Input) and v.op.name in states) or any(a.id in reached for a in v.args):
+            reached.add(v.id)
+    return {v.id for v in graph.values} - reached
+
+
+def _stored_first(a: _Assembler) -> Kernel | None:
+    """The kernel making the stored values (the UT transform) for every chunk at once, before the state pass, when
+    no state reaches them; else None, and the state pass makes them. A triangular inverse is C substitution steps
+    over (C, C) tiles: in the state pass they would run one chunk after another (and again in every value block),
+    where flash-linear-attention solves them in a parallel kernel (solve_tril) before chunk_fwd_h."""
+    free = _state_free(a.fwd, a.io.states)
+    if not a.made or any(v.id not in free for v in a.made):
+        return None
+    made = ir.prune(Graph(a.fwd.values, a.fwd.inputs, dict(zip(a.kept, a.made))))
+    b = a.body(made, a.tokens)
+    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
+    by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
+    return Kernel("chunk_stored_fwd_kernel", "one chunk's stored values, which no state reaches", "chunk",
+                  a.rest_args + [f"{n}_ptr" for n in a.kept] + (["scratch_ptr"] if b.scratch else []), a.static_loads,
+                  lines, [], b.scratch, value_blocks="columns" if by_columns else "none", tiles=b.tiles,
+                  sub_chunked=b.products)
+
+
+def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
+    """The state pass; it makes the stored values as well unless a kernel before it does (`stored_first`)."""
     states, axes = a.io.states, a.io.axes
     part = _only(a.fwd, [f"new_{s}" for s in states])
-    part.outputs.update({n: v for n, v in zip(a.kept, stored_values(part))})
-    if len(stored_values(part)) != len(a.made):
-        raise ValueError("a stored value of the chunk program is not made by its state pass")
+    tokens = dict(a.tokens)
+    if stored_first:
+        part = _stored_as_inputs(part)
+        tokens.update({n: a.reads[n] for n in a.kept if n in part.inputs})
+        keep = []
+    else:
+        part.outputs.update({n: v for n, v in zip(a.kept, stored_values(part))})
+        if len(stored_values(part)) != len(a.made):
+            raise ValueError("a stored value of the chunk program is not made by its state pass")
+        keep = [store(f"{n}_ptr", part.outputs[n].axes, a.at, name(part.outputs[n])) for n in a.kept]
     args = ([f"{s}_ptr" for s in states] + a.rest_args + [f"final_{s}_ptr" for s in states] +
             [f"starts_{s}_ptr" for s in states] + [f"{n}_ptr" for n in a.kept])
-    keep = [store(f"{n}_ptr", part.outputs[n].axes, a.at, name(part.outputs[n])) for n in a.kept]
-    doc = "the final state and every chunk's start state (and the values stored per chunk)"
+    doc = "the final state and every chunk's start state"
+    doc += "" if stored_first else " (and the values stored per chunk)"
     if not a.hidden:  # the state in registers, carried from chunk to chunk
-        b = a.body(part, a.tokens)
+        b = a.body(part, tokens)
         loop = ([store(f"starts_{s}_ptr", axes[s], a.at, s) for s in states] + b.lines + keep +
                 [f"{s} = {name(part.outputs['new_' + s])}" for s in states])
         return Kernel("chunk_state_fwd_kernel", doc, "up", args + (["scratch_ptr"] if b.scratch else []),
@@ -189,7 +229,7 @@ def _state_forward(a: _Assembler) -> Kernel:
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
                             (f"final_{s}_ptr", "pid", last)] for s in states}
-    b = a.body(part, a.tokens, a.sources(states, "starts_{}_ptr", a.at), outputs)
+    b = a.body(part, tokens, a.sources(states, "starts_{}_ptr", a.at), outputs)
     prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],

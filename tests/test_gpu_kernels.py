@@ -409,3 +409,21 @@ def test_backward_state_pass_reads_its_carry_free_products(stem):
     a = _Assembler(io, fwd, differentiate(fwd, input_names(spec)))
     part = _only(a.backward, [f"d_{s}" for s in io.states])
     assert carry_free(part, {f"d_new_{s}" for s in io.states}) == []
+
+
+@pytest.mark.parametrize("stem", ["deltanet", "gated_deltanet"])
+def test_state_pass_reads_the_ut_transform_made_before_it(stem):
+    """The delta rule's UT transform (I + A)⁻¹, C substitution steps over (C, C) tiles, is made for every chunk at once
+    by the stored_fwd kernel, launched before the state pass; the sequential state pass reads it and has no
+    substitution loop."""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    text = generate_triton(load(stem))
+    kernels_by_name = {k.split("(")[0].strip(): k for k in re.split(r"^def ", text, flags=re.M)[1:]}
+    state_fwd, stored_fwd = kernels_by_name["chunk_state_fwd_kernel"], kernels_by_name["chunk_stored_fwd_kernel"]
+    substitution = re.compile(r"for \w+_r in range\(1, C\)")
+    assert substitution.search(stored_fwd) and not substitution.search(state_fwd)
+    assert "stored_0 = tl.load(stored_0_ptr" in state_fwd and "tl.store(stored_0_ptr" not in state_fwd
+    assert "tl.store(stored_0_ptr" in stored_fwd
+    assert "'stored_fwd': {'grid': 'chunks'" in text[text.index("DESCRIPTION"):]

@@ -5,7 +5,8 @@
 them as DESCRIPTION says.
 
 Four jobs per chunk program (mirasc.triton_kernels.kernels): the state pass walks each sequence's chunks and stores
-every chunk's start state; the outputs are then computed for all chunks at once; the backward state pass walks
+every chunk's start state (the values it reads that no state reaches, such as the UT transform, made for all chunks
+at once before it: stored_fwd); the outputs are then computed for all chunks at once; the backward state pass walks
 the chunks in reverse and stores the adjoint entering every chunk's end (the values of it that need no adjoint from
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,
@@ -24,10 +25,15 @@ DESCRIPTION = {'spec': 'deltanet',
             ['v', ['t', 'o'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences',
+ 'kernels': {'stored_fwd': {'grid': 'chunks',
+                            'scratch': [],
+                            'value_blocks': 'columns',
+                            'tiles': 3.0,
+                            'sub_chunks': False},
+             'state_fwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
-                           'tiles': 6.0,
+                           'tiles': 5.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
@@ -99,13 +105,59 @@ DESCRIPTION = {'spec': 'deltanet',
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_stored_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, gate_eta_ptr, stored_0_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One chunk's stored values, which no state reaches."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v8 = k
+    v9 = tl.dot(k.to(DOT_DTYPE), tl.trans(v8).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v6 = gate_eta
+    v10 = (v9 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v6[None, :])))
+    v12 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v10)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
+    v13 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
+    for v13_r in range(1, C):
+        v13_a = tl.sum(tl.where((offs_t[:, None] == v13_r) & (offs_s[None, :] < v13_r), v12, 0.0), axis=0)
+        v13_u = tl.sum(v13_a[:, None] * v13, axis=0)
+        v13 = tl.where(offs_t[:, None] == v13_r, v13 - v13_u[None, :], v13)  # (I + A)⁻¹, the UT transform
+    tl.store(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :], v13.to(stored_0_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The final state and every chunk's start state (and the values stored per chunk)."""
+    """The final state and every chunk's start state."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -131,30 +183,22 @@ def chunk_state_fwd_kernel(
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(starts_w1_ptr.dtype.element_ty))
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v14 = k
-        v15 = tl.dot(k.to(DOT_DTYPE), tl.trans(v14).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v11 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v12 = (v11 - v)  # inner gradient signal g = dl/dy
+        v15 = v12
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+        v16 = tl.dot(stored_0.to(DOT_DTYPE), v15.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+        v17 = v16
+        v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v9 = gate_eta
-        v16 = (v15 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v9[None, :])))
-        v18 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v16)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v19 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
-        for v19_r in range(1, C):
-            v19_a = tl.sum(tl.where((offs_t[:, None] == v19_r) & (offs_s[None, :] < v19_r), v18, 0.0), axis=0)
-            v19_u = tl.sum(v19_a[:, None] * v19, axis=0)
-            v19 = tl.where(offs_t[:, None] == v19_r, v19 - v19_u[None, :], v19)  # (I + A)⁻¹, the UT transform
-        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v13 = (v12 - v)  # inner gradient signal g = dl/dy
-        v20 = v13
-        v21 = tl.dot(v19.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-        v22 = v21
-        v8 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v11 = (v8 * v9)
-        v23 = (v22 * v11[:, None])
-        v24 = tl.dot(tl.trans(v23).to(DOT_DTYPE), v14.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v25 = (w1 - v24)  # layer 1 end state
-        tl.store(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :], v19.to(stored_0_ptr.dtype.element_ty))
-        w1 = v25
+        v10 = (v8 * v9)
+        v18 = (v17 * v10[:, None])
+        v13 = k
+        v19 = tl.dot(tl.trans(v18).to(DOT_DTYPE), v13.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v20 = (w1 - v19)  # layer 1 end state
+        w1 = v20
         c += 1
     tl.store(final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 

@@ -5,7 +5,8 @@
 them as DESCRIPTION says.
 
 Four jobs per chunk program (mirasc.triton_kernels.kernels): the state pass walks each sequence's chunks and stores
-every chunk's start state; the outputs are then computed for all chunks at once; the backward state pass walks
+every chunk's start state (the values it reads that no state reaches, such as the UT transform, made for all chunks
+at once before it: stored_fwd); the outputs are then computed for all chunks at once; the backward state pass walks
 the chunks in reverse and stores the adjoint entering every chunk's end (the values of it that need no adjoint from
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,
@@ -25,10 +26,15 @@ DESCRIPTION = {'spec': 'gated_deltanet',
             ['gate_alpha', ['t'], True],
             ['gate_eta', ['t'], True]],
  'hidden': 1,
- 'kernels': {'state_fwd': {'grid': 'sequences',
+ 'kernels': {'stored_fwd': {'grid': 'chunks',
+                            'scratch': [],
+                            'value_blocks': 'columns',
+                            'tiles': 3.0,
+                            'sub_chunks': False},
+             'state_fwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'columns',
-                           'tiles': 6.0,
+                           'tiles': 5.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
                          'scratch': [],
@@ -145,13 +151,63 @@ DESCRIPTION = {'spec': 'gated_deltanet',
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_stored_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, stored_0_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One chunk's stored values, which no state reaches."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v13 = k
+    v14 = tl.dot(k.to(DOT_DTYPE), tl.trans(v13).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v7 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v8 = tl.cumsum(v7, axis=0, reverse=False)
+    v9 = v8
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v11 = gate_eta
+    v15 = (v14 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v8[:, None] - v9[None, :]))))) * v11[None, :])))
+    v17 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v15)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
+    v18 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
+    for v18_r in range(1, C):
+        v18_a = tl.sum(tl.where((offs_t[:, None] == v18_r) & (offs_s[None, :] < v18_r), v17, 0.0), axis=0)
+        v18_u = tl.sum(v18_a[:, None] * v18, axis=0)
+        v18 = tl.where(offs_t[:, None] == v18_r, v18 - v18_u[None, :], v18)  # (I + A)⁻¹, the UT transform
+    tl.store(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :], v18.to(stored_0_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_fwd_kernel(
     w1_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, final_w1_ptr, starts_w1_ptr, stored_0_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The final state and every chunk's start state (and the values stored per chunk)."""
+    """The final state and every chunk's start state."""
     pid = tl.program_id(0)
     if IS_VARLEN:  # program = (sequence, head) over one packed row per head
         row = pid % H
@@ -176,43 +232,35 @@ def chunk_state_fwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(starts_w1_ptr.dtype.element_ty))
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v10 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v11 = tl.cumsum(v10, axis=0, reverse=False)
-        v17 = tl.exp(v11)  # cumulative decay in the chunk
-        v35 = (v17 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v36 = tl.sum((v35), axis=0)
-        v37 = (v36 * w1)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v24 = k
-        v25 = tl.dot(k.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v12 = v11
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v18 = gate_eta
-        v26 = (v25 * ((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v11[:, None] - v12[None, :]))))) * v18[None, :])))
-        v28 = (tl.where(offs_t[:, None] > offs_s[None, :], 1.0, 0.0) * v26)  # A[t, s] = h_t Γ'[t, s] k_t·k_s
-        v29 = tl.where(offs_t[:, None] == offs_s[None, :], 1.0, 0.0).to(DTYPE)
-        for v29_r in range(1, C):
-            v29_a = tl.sum(tl.where((offs_t[:, None] == v29_r) & (offs_s[None, :] < v29_r), v28, 0.0), axis=0)
-            v29_u = tl.sum(v29_a[:, None] * v29, axis=0)
-            v29 = tl.where(offs_t[:, None] == v29_r, v29 - v29_u[None, :], v29)  # (I + A)⁻¹, the UT transform
-        v21 = (k * v17[:, None])
-        v22 = tl.dot(v21.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
+        v16 = tl.exp(v11)  # cumulative decay in the chunk
+        v19 = (k * v16[:, None])
+        v20 = tl.dot(v19.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # prediction of the decayed chunk-start weights
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v23 = (v22 - v)  # inner gradient signal g = dl/dy
-        v30 = v23
-        v31 = tl.dot(v29.to(DOT_DTYPE), v30.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
-        v32 = v31
+        v21 = (v20 - v)  # inner gradient signal g = dl/dy
+        v24 = v21
+        stored_0 = tl.load(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :]).to(DTYPE)
+        v25 = tl.dot(stored_0.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # exact gradient signals (I + A)⁻¹ g(ŷ)
+        v26 = v25
         v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v14 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v15 = tl.sum((v14), axis=0)
-        v16 = (v9 * tl.exp((v15 - v12)))  # decay from token s to the chunk's end
-        v20 = (v16 * v18)
-        v33 = (v32 * v20[:, None])
-        v34 = tl.dot(tl.trans(v33).to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v38 = (v37 - v34)  # layer 1 end state
-        tl.store(stored_0_ptr + (first_chunk + c) * C * C + offs_t[:, None] * C + offs_s[None, :], v29.to(stored_0_ptr.dtype.element_ty))
-        w1 = v38
+        v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v14 = tl.sum((v13), axis=0)
+        v12 = v11
+        v15 = (v9 * tl.exp((v14 - v12)))  # decay from token s to the chunk's end
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v17 = gate_eta
+        v18 = (v15 * v17)
+        v27 = (v26 * v18[:, None])
+        v22 = k
+        v28 = tl.dot(tl.trans(v27).to(DOT_DTYPE), v22.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 = (v16 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v30 = tl.sum((v29), axis=0)
+        v31 = (v30 * w1)
+        v32 = (v31 - v28)  # layer 1 end state
+        w1 = v32
         c += 1
     tl.store(final_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], w1.to(final_w1_ptr.dtype.element_ty))
 

@@ -5,7 +5,8 @@
 them as DESCRIPTION says.
 
 Four jobs per chunk program (mirasc.triton_kernels.kernels): the state pass walks each sequence's chunks and stores
-every chunk's start state; the outputs are then computed for all chunks at once; the backward state pass walks
+every chunk's start state (the values it reads that no state reaches, such as the UT transform, made for all chunks
+at once before it: stored_fwd); the outputs are then computed for all chunks at once; the backward state pass walks
 the chunks in reverse and stores the adjoint entering every chunk's end (the values of it that need no adjoint from
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
 for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,

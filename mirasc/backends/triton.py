@@ -292,6 +292,8 @@ class TritonChunkwise(torch.autograd.Function):
         stored = [torch.empty((launch.n_chunks, *(launch.size(a) for a in axes)), device=q.device, dtype=launch.dtype)
                   for _, axes in launch.desc["stored"]]
         kernels = launch.kernels()
+        if "stored_fwd" in kernels:  # the stored values, for every chunk at once (else the state pass makes them)
+            launch.run(kernels, "stored_fwd", *rest, *stored)
         launch.run(kernels, "state_fwd", *states, *rest, *final, *starts, *stored)
         launch.run(kernels, "out_fwd", *starts, *rest, *stored, out)
         ctx.save_for_backward(*rest, *starts, *stored)
