@@ -176,7 +176,9 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         # ("columns", "partial": each block writes its share of a sum to its own copy, "none": one block), and the
         # most register tiles (64 x 64 fp32) live at once, which sets the launcher's warps
         "kernels": jobs,
-        "stored": stored,  # values the state pass makes and stores per chunk for the other kernels
+        # values stored per chunk for the other kernels: made by the stored_fwd kernel where no state reaches them,
+        # else by the state pass
+        "stored": stored,
         # values the backward state pass reads, made per chunk before it by its local_bwd kernel
         "local": [[n, list(axes)] for k in found for n, axes in k.makes],
     }
