@@ -203,15 +203,15 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     """The state pass; it makes the stored values as well unless a kernel before it does (`stored_first`)."""
     states, axes = a.io.states, a.io.axes
     part = _only(a.fwd, [f"new_{s}" for s in states])
+    if len(stored_values(part)) != len(a.made):  # stored_j names the j-th in every kernel's program
+        raise ValueError("a stored value of the chunk program is not read by its state pass")
     tokens = dict(a.tokens)
     if stored_first:
         part = _stored_as_inputs(part)
-        tokens.update({n: a.reads[n] for n in a.kept if n in part.inputs})
+        tokens.update({n: a.reads[n] for n in a.kept})
         keep = []
     else:
         part.outputs.update({n: v for n, v in zip(a.kept, stored_values(part))})
-        if len(stored_values(part)) != len(a.made):
-            raise ValueError("a stored value of the chunk program is not made by its state pass")
         keep = [store(f"{n}_ptr", part.outputs[n].axes, a.at, name(part.outputs[n])) for n in a.kept]
     args = ([f"{s}_ptr" for s in states] + a.rest_args + [f"final_{s}_ptr" for s in states] +
             [f"starts_{s}_ptr" for s in states] + [f"{n}_ptr" for n in a.kept])
@@ -259,9 +259,10 @@ def _outputs(a: _Assembler) -> Kernel:
 
 def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     """The values of a backward state pass worth making for every chunk at once before it: each needs no adjoint
-    carried in from the next chunk (`carries`), so no chunk waits for another to make it; a value that does need one
-    reads it; it is a chunk's tile of a token tensor (a token axis and one channel axis: as much memory as an input);
-    and a matrix product makes it (anything less costs less to make again than to read).
+    carried in from the next chunk (`carries`), so no chunk waits for another to make it; a value that needs the
+    adjoint reads it (the values only those read come with it); it is a chunk's tile of a token tensor (a token axis
+    and one channel axis: as much memory as an input); and a matrix product makes it (anything less costs less to make
+    again than to read).
 
     The pass then reads them and drops whatever only they needed, as flash-linear-attention makes dv's chunk-local
     part (chunk_bwd_dv_local) before its backward state pass (chunk_bwd_dhu). Gated DeltaNet's backward state pass,
