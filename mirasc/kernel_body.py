@@ -324,11 +324,15 @@ class _Parking:
         self.held: set[int] = set()  # made, or read back, and not passed by a heavy segment since
         self.made_ids: set[int] = set()
         self.stored_at = -1  # the line after the last store of a parked tile
+        self.barrier, self.scanned = -1, 0  # the last barrier among the first `scanned` lines
 
     def read_back(self, reads: set[int], lines: list[str]) -> None:
         back = [self.parked[i] for i in sorted(reads & self.made_ids - self.held)]
-        barrier = max((k for k, x in enumerate(lines) if x.startswith("tl.debug_barrier()")), default=-1)
-        if back and self.stored_at > barrier:
+        for k in range(self.scanned, len(lines)):
+            if lines[k].startswith("tl.debug_barrier()"):
+                self.barrier = k
+        self.scanned = len(lines)
+        if back and self.stored_at > self.barrier:
             lines.append("tl.debug_barrier()  # parked tiles other threads stored")
         for v in back:
             lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")

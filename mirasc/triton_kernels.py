@@ -172,13 +172,25 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     return out
 
 
-def _state_free(graph: Graph, states: list[str]) -> set[int]:
-    """The values of `graph` that no state input reaches."""
-    reached: set[int] = set()
+def _reached(graph: Graph, inputs: set[str]) -> set[int]:
+    """The ids of the values of `graph` that one of the named inputs reaches."""
+    out: set[int] = set()
     for v in graph.values:
-        if (isinstance(v.op, ir.Input) and v.op.name in states) or any(a.id in reached for a in v.args):
-            reached.add(v.id)
-    return {v.id for v in graph.values} - reached
+        if (isinstance(v.op, ir.Input) and v.op.name in inputs) or any(a.id in out for a in v.args):
+            out.add(v.id)
+    return out
+
+
+def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args: list[str]) -> Kernel:
+    """A kernel making `made`'s outputs for every chunk at once (one chunk per program), each stored to its own
+    [n_chunks, axes...] buffer (a program past its sequence's last chunk writes nothing); `args` come before those
+    buffers. By value blocks when every value column depends on its own column only."""
+    b = a.body(made, loads)
+    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
+    by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
+    return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
+                  (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,
+                  value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.products)
 
 
 def _stored_first(a: _Assembler) -> Kernel | None:
@@ -186,17 +198,11 @@ def _stored_first(a: _Assembler) -> Kernel | None:
     no state reaches them; else None, and the state pass makes them. A triangular inverse is C substitution steps
     over (C, C) tiles: in the state pass they would run one chunk after another (and again in every value block),
     where flash-linear-attention solves them in a parallel kernel (solve_tril) before chunk_fwd_h."""
-    free = _state_free(a.fwd, a.io.states)
-    if not a.made or any(v.id not in free for v in a.made):
+    if not a.made or _reached(a.fwd, set(a.io.states)) & {v.id for v in a.made}:
         return None
     made = ir.prune(Graph(a.fwd.values, a.fwd.inputs, dict(zip(a.kept, a.made))))
-    b = a.body(made, a.tokens)
-    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
-    by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
-    return Kernel("chunk_stored_fwd_kernel", "one chunk's stored values, which no state reaches", "chunk",
-                  a.rest_args + [f"{n}_ptr" for n in a.kept] + (["scratch_ptr"] if b.scratch else []), a.static_loads,
-                  lines, [], b.scratch, value_blocks="columns" if by_columns else "none", tiles=b.tiles,
-                  sub_chunked=b.products)
+    return _per_chunk(a, "stored_fwd", "one chunk's stored values, which no state reaches", made, a.tokens,
+                      a.rest_args)
 
 
 def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
@@ -268,12 +274,11 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     part (chunk_bwd_dv_local) before its backward state pass (chunk_bwd_dhu). Gated DeltaNet's backward state pass,
     mirasc aot gated_deltanet --head-dim 128 (C = 64, bf16, sm_90a): it made q·kᵀ and its product with d_out in every
     chunk, 608 B of stack; reading that product, none."""
-    carried: dict[int, bool] = {}
+    carried = _reached(part, carries)
     product: dict[int, bool] = {}
     for v in part.values:
-        carried[v.id] = (isinstance(v.op, ir.Input) and v.op.name in carries) or any(carried[a.id] for a in v.args)
-        product[v.id] = not carried[v.id] and (is_dot(v) or any(product[a.id] for a in v.args))
-    read_by_carried = {a.id for v in part.values if carried[v.id] for a in v.args}
+        product[v.id] = v.id not in carried and (is_dot(v) or any(product[a.id] for a in v.args))
+    read_by_carried = {a.id for v in part.values if v.id in carried for a in v.args}
     return [v for v in part.values if v.id in read_by_carried and product[v.id] and _token_tile(v)]
 
 
@@ -343,18 +348,14 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
 
 
 def _local_values(a: _Assembler) -> Kernel:
-    """One chunk's carry-free values of the backward state pass, [n_chunks, axes...] each (a program past its
-    sequence's last chunk writes nothing)."""
+    """One chunk's carry-free values of the backward state pass."""
     made = a.local
     loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
-    b = a.body(made, loads)
-    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
-    args = ([f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"] +
-            a.local_args)
-    return Kernel("chunk_local_bwd_kernel", "one chunk's values of the backward state pass that need no adjoint from "
-                  "the next chunk", "chunk", args + (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [],
-                  b.scratch, value_blocks="columns" if value_local(made) else "none", tiles=b.tiles,
-                  sub_chunked=b.products, makes=[(n, v.axes) for n, v in made.outputs.items()])
+    args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
+    kernel = _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
+                        "next chunk", made, loads, args)
+    kernel.makes = [(n, v.axes) for n, v in made.outputs.items()]
+    return kernel
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:

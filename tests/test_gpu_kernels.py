@@ -385,16 +385,21 @@ def test_hidden_block_loops_hold_few_outside_tiles(stem, monkeypatch):
     assert max(splits) > 0, "no loop was split"
 
 
+def _module_kernels(stem: str) -> tuple[str, dict[str, str]]:
+    """A prebuilt spec's generated Triton module, and the source of each kernel by name."""
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    text = generate_triton(load(stem))
+    return text, {k.split("(")[0].strip(): k for k in re.split(r"^def ", text, flags=re.M)[1:]}
+
+
 @pytest.mark.parametrize("stem", ["deltanet", "gated_deltanet"])
 def test_backward_state_pass_reads_its_carry_free_products(stem):
     """The delta rule's backward state pass, sequential over chunks, makes no product that needs no adjoint from the
     next chunk: the scores' product with d_out (local_0) comes from the chunk-parallel local_bwd kernel, made for
     every chunk before the pass, which reads it; the gradient kernels that need it read it as well."""
-    from mirasc.codegen import generate_triton
-    from mirasc.loader import load
-
-    text = generate_triton(load(stem))
-    kernels_by_name = {k.split("(")[0].strip(): k for k in re.split(r"^def ", text, flags=re.M)[1:]}
+    text, kernels_by_name = _module_kernels(stem)
     state_bwd, local_bwd = kernels_by_name["chunk_state_bwd_kernel"], kernels_by_name["chunk_local_bwd_kernel"]
     assert "local_0 = tl.load(local_0_ptr" in state_bwd
     assert "# scores" not in state_bwd and "# scores" in local_bwd
@@ -403,6 +408,8 @@ def test_backward_state_pass_reads_its_carry_free_products(stem):
     description = text[text.index("DESCRIPTION"):]
     assert "'local': [['local_0', ['s', 'o']]]" in description and "'local_bwd': {'grid': 'chunks'" in description
     # nothing carry-free and made by a product is left in the pass
+    from mirasc.loader import load
+
     spec = load(stem)
     fwd = lower(derive(spec), channel_decay="products")
     io = _kernel_io(spec, fwd)
@@ -416,11 +423,7 @@ def test_state_pass_reads_the_ut_transform_made_before_it(stem):
     """The delta rule's UT transform (I + A)⁻¹, C substitution steps over (C, C) tiles, is made for every chunk at once
     by the stored_fwd kernel, launched before the state pass; the sequential state pass reads it and has no
     substitution loop."""
-    from mirasc.codegen import generate_triton
-    from mirasc.loader import load
-
-    text = generate_triton(load(stem))
-    kernels_by_name = {k.split("(")[0].strip(): k for k in re.split(r"^def ", text, flags=re.M)[1:]}
+    text, kernels_by_name = _module_kernels(stem)
     state_fwd, stored_fwd = kernels_by_name["chunk_state_fwd_kernel"], kernels_by_name["chunk_stored_fwd_kernel"]
     substitution = re.compile(r"for \w+_r in range\(1, C\)")
     assert substitution.search(stored_fwd) and not substitution.search(state_fwd)
