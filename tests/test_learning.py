@@ -23,19 +23,24 @@ if not hasattr(importlib.import_module("mirasc.models"), "MirasForCausalLM"):
 SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, num_layers=2, hidden_size=32,
                 num_heads=1, batch_size=32, steps=150, lr=1e-2, warmup_steps=10, log_every=1000, eval_examples=128,
                 ckpt_every=10 ** 9, seed=0, quiet=True, overwrite=True, threads=1)
-# Accuracy after 150 steps, chance 0.03, measured 2026-12-02 on the 2-core CPU (seeds 0 / 1 / 2):
-#   layer's init (q, k, v nn.Linear default; eta 0.5, 2 for the KL map):  titans 0.461 / 0.742 / 0.906,
-#                                                                          yaad 0.344 / 0.703 / 0.688,
+# Accuracy after 150 steps, chance 0.03, seeds 0 / 1 / 2:
+#   layer's init (q, k, v nn.Linear default; eta 0.5, 2 for the KL map), measured 2026-12-03 with the specs' bounded
+#   inner learning rates (yaad eta in (0, 1), memora in (0, 4)):           titans 0.453 / 0.500 / 0.895,
+#                                                                          yaad 0.246 / 0.441 / 0.289,
+#                                                                          memora 0.352 / 0.395 / 0.418
+#   the same with eta unbounded (lr_gate = softplus), 2026-12-02:         yaad 0.344 / 0.703 / 0.688,
 #                                                                          memora 0.383 / 0.430 / 0.402
-#   before issue 10 (q, k, v normal(0, 0.02); eta 0.1):                    titans 0.293 / 0.180 / 0.559,
+#   before issue 10 (q, k, v normal(0, 0.02); eta 0.1, unbounded):        titans 0.293 / 0.180 / 0.559,
 #                                                                          yaad 0.254 / 0.191 / 0.297,
 #                                                                          memora 0.188 / 0.125 / 0.117
-# Single seeds overlap (titans' old init reached 0.559 at seed 2; yaad's new one 0.344 at seed 0, which passed
-# 0.45 on an earlier session's machine: training amplifies rounding, which differs between machines), so the test
-# takes the mean of seeds 0 and 1: 0.60 / 0.52 / 0.41 with the layer's init against 0.24 / 0.22 / 0.16 before; each
-# threshold sits between the two.
+# Single seeds overlap (titans' old init reached 0.559 at seed 2: training amplifies rounding, which differs between
+# machines), so the test takes the mean of seeds 0 and 1: 0.48 / 0.34 / 0.37 with the layer's init against 0.24 /
+# 0.22 / 0.16 before; each threshold sits between the two. Yaad's bound slows its start on this tiny task (0.52
+# unbounded) while it makes the main job's MQAR learn at every seed (bench/README.md, "Yaad's inner learning rate,
+# bounded"); at 250 steps the tiny task no longer separates the inits (old init: titans 0.43 / 0.36, yaad 0.58 /
+# 0.81), so the budget stays at 150.
 SEEDS = (0, 1)
-THRESHOLD = {"titans": 0.42, "yaad": 0.37, "memora": 0.28}
+THRESHOLD = {"titans": 0.42, "yaad": 0.30, "memora": 0.28}
 
 
 def _accuracy(spec: str, out, seed: int) -> float:

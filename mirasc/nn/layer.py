@@ -20,7 +20,9 @@ projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) in
 the value the spec declares (`init`: Moneta's learning rate 0.2), else at GATE_INIT by role (decay 0.99, learning
 rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning rate 2 for the KL map,
 GATE_INIT_FOR_MAP), with a small data-dependent spread (GateProjection); the initial memory is `op.init_state`
-(learned from there), the memory's LayerNorm the identity.
+(learned from there), the memory's LayerNorm the identity. A gate's range is the spec's: Yaad's and Memora's η are
+bounded sigmoids, (0, 1) and (0, 4), since with an unbounded softplus η Yaad failed two of six seeds of the main
+job (their `lr_gate` option; bench/README.md, "Yaad's inner learning rate, bounded").
 
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
 packed) are handled exactly: each row's (segment's) real tokens are gathered to the front and the op runs once
