@@ -23,15 +23,18 @@ D = 8
 
 def test_candidates_start_with_the_default_and_keep_blocks_legal():
     default = Config(num_warps=8, block_value=32, block_hidden=32)
-    # on a GPU: the other warp count, half the value block for a kernel by value columns, half the hidden block
+    # on a GPU: the other warp count, half the value block for a kernel by value columns (alone and with the other
+    # warp count), half the hidden block
     assert candidates(default, "columns", 64, 256, on_gpu=True) == [
-        default, Config(4, 32, 32), Config(8, 16, 32), Config(8, 32, 16)]
+        default, Config(4, 32, 32), Config(8, 16, 32), Config(4, 16, 32), Config(8, 32, 16)]
     # a kernel whose value blocks write shares of a sum keeps its BV (the launcher sizes the shares' buffer from it);
     # a linear memory (hidden = D) has no hidden block to vary
     assert candidates(default, "partial", 64, 64, on_gpu=True) == [default, Config(4, 32, 32)]
     # blocks stay at least 16 on a GPU (tl.dot's smallest side); under the interpreter warps mean nothing
     small = Config(num_warps=4, block_value=16, block_hidden=16)
     assert candidates(small, "columns", 64, 256, on_gpu=True) == [small, Config(8, 16, 16)]
+    assert candidates(Config(4, 32, 32), "columns", 128, 128, on_gpu=True) == [
+        Config(4, 32, 32), Config(8, 32, 32), Config(4, 16, 32), Config(8, 16, 32)]
     assert candidates(Config(4, 8, 32), "columns", 8, 32, on_gpu=False) == [
         Config(4, 8, 32), Config(4, 4, 32), Config(4, 8, 16)]
     # a kernel with channel-decay products: the whole chunk as one sub-chunk too (one without products has BC 0)

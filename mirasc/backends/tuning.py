@@ -37,7 +37,9 @@ class Config:
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
                chunk_size: int = 0) -> list[Config]:
     """The configs tried for one kernel, the default first (it wins ties): the other warp count (4 or 8) on a GPU,
-    half the value block for a kernel run by blocks of value columns, half the hidden block for an MLP memory's
+    half the value block for a kernel run by blocks of value columns (on a GPU also with the other warp count: of
+    Gated DeltaNet's two key-gradient terms that spill at D = 128, 208 B each at 8 warps and BV = 32, 4 warps alone
+    leave 56 B and 4 warps with BV = 16 none, sm_90a ahead of time), half the hidden block for an MLP memory's
     kernel, and for a kernel with channel-decay products the whole chunk as one sub-chunk (every pair of tokens made
     exactly: more exponentials, no matrix products across sub-chunks, fewer live tiles). Blocks stay at least 16 on a
     GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum (value_blocks "partial") keeps
@@ -48,6 +50,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
         out.append(replace(default, num_warps=12 - default.num_warps))  # 4 <-> 8
     if value_blocks == "columns" and default.block_value // 2 >= smallest:
         out.append(replace(default, block_value=default.block_value // 2))
+        if on_gpu:  # both at once: the one spill-free config of some kernels
+            out.append(replace(default, num_warps=12 - default.num_warps, block_value=default.block_value // 2))
     if hidden > head_dim and default.block_hidden // 2 >= smallest:
         out.append(replace(default, block_hidden=default.block_hidden // 2))
     if 0 < default.sub_chunk < chunk_size:
