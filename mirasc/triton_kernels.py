@@ -181,16 +181,19 @@ def _reached(graph: Graph, inputs: set[str]) -> set[int]:
     return out
 
 
-def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args: list[str]) -> Kernel:
+def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args: list[str],
+               listed: bool = False) -> Kernel:
     """A kernel making `made`'s outputs for every chunk at once (one chunk per program), each stored to its own
     [n_chunks, axes...] buffer (a program past its sequence's last chunk writes nothing); `args` come before those
-    buffers. By value blocks when every value column depends on its own column only."""
+    buffers. By value blocks when every value column depends on its own column only. `listed`: the kernel names
+    its outputs in `makes` (DESCRIPTION's "local")."""
     b = a.body(made, loads)
     lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
     by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
                   (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,
-                  value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.products)
+                  value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.products,
+                  makes=[(n, v.axes) for n, v in made.outputs.items()] if listed else [])
 
 
 def _stored_first(a: _Assembler) -> Kernel | None:
@@ -222,7 +225,8 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     args = ([f"{s}_ptr" for s in states] + a.rest_args + [f"final_{s}_ptr" for s in states] +
             [f"starts_{s}_ptr" for s in states] + [f"{n}_ptr" for n in a.kept])
     doc = "the final state and every chunk's start state"
-    doc += "" if stored_first else " (and the values stored per chunk)"
+    if not stored_first:
+        doc += " (and the values stored per chunk)"
     if not a.hidden:  # the state in registers, carried from chunk to chunk
         b = a.body(part, tokens)
         loop = ([store(f"starts_{s}_ptr", axes[s], a.at, s) for s in states] + b.lines + keep +
@@ -352,10 +356,8 @@ def _local_values(a: _Assembler) -> Kernel:
     made = a.local
     loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
-    kernel = _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
-                        "next chunk", made, loads, args)
-    kernel.makes = [(n, v.axes) for n, v in made.outputs.items()]
-    return kernel
+    return _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
+                      "next chunk", made, loads, args, listed=True)
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:

@@ -9,9 +9,9 @@ every chunk's start state (the values it reads that no state reaches, such as th
 at once before it: stored_fwd); the outputs are then computed for all chunks at once; the backward state pass walks
 the chunks in reverse and stores the adjoint entering every chunk's end (the values of it that need no adjoint from
 the next chunk, if any, made for all chunks at once before it: local_bwd); the inputs' gradients are then computed
-for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form (mirasc.lower, mirasc.grad,
-mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and state are in DTYPE (fp32,
-or fp64 for fp64 inputs).
+for all chunks at once, a kernel per summand. The chunk bodies are emitted from the chunk IR in dot form
+(mirasc.lower, mirasc.grad, mirasc.dotform): every contraction is a tl.dot with DOT_DTYPE operands; arithmetic and
+state are in DTYPE (fp32, or fp64 for fp64 inputs).
 On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
