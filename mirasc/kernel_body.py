@@ -137,6 +137,14 @@ def _segments(order: list[Value]) -> list[Value | _Loop]:
 # together); Moneta's 8,576, 8,392, 8,176.
 LOOP_UNITS = 2.0
 
+# Between the loops, a straight-line value whose making would hold more than PARK_UNITS tiles live parks the live
+# tiles it does not read whose next reader is furthest away (`_parked`). 4 from ahead-of-time compiles at D = 64
+# (bench/README.md, "Parked tiles between the loops"): titans' stack bytes in all 10,704 with no bound, 10,632 at 8
+# units, 10,112 at 6, 5,592 at 4, 5,344 at 3, 5,464 at 2; 3 parks a third more tiles than 4 for 5 % fewer bytes,
+# and each parked tile is a store and a load per reader. In kernels without hidden-block loops it only added spills
+# (Gated DeltaNet at D = 128: 416 B in all against 736), so they park nothing.
+PARK_UNITS = 4.0
+
 
 def _loop_of(segments: list[Value | _Loop]) -> dict[int, int]:
     return {v.id: j for j, seg in enumerate(segments) if isinstance(seg, _Loop) for v in seg.values}
@@ -213,9 +221,10 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     kept += list({same_tile(z).id: same_tile(z) for z in factors}.values())
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     slot.update({z.id: slot[same_tile(z).id] for z in factors})
-    parked = _parked(segments, set(out_of) | accumulated)
+    evicted = _parked(segments, set(out_of) | accumulated)
+    by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
-    for v in parked:
+    for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg]) if v.id in evicted):
         park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
         kept.append(v)
     staged: set[int] = set()
@@ -233,10 +242,10 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     if kept:  # the program's slot holds the blocks of these values one after another
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
                      f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
-    parking = _Parking(parked, park_slot)
+    parking = _Parking(evicted, by_id, park_slot)
     for j, seg in enumerate(segments):
         reads = _segment_reads(seg)
-        parking.read_back(reads, lines)
+        parking.read_back(j, reads, lines)
         if not isinstance(seg, _Loop):
             if isinstance(seg.op, ir.Input):
                 if seg.op.name in loads:
@@ -245,7 +254,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                 lines += _decayed_product_lines(seg, slot, staged)
             elif seg.id not in accumulated:  # a shared accumulator is made in its terms' loop
                 lines += _with_hint(seg, line(seg))
-            parking.made([seg], reads, _heavy(seg), lines)
+            parking.made([seg], lines)
             continue
         before, inside, after, fetched = [], [], [], set()
         for v in seg.values:
@@ -271,7 +280,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += ["    " + x for x in inside] + after
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
-        parking.made(seg.values, reads, True, lines)
+        parking.made(seg.values, lines)
     products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
     return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)
 
@@ -297,36 +306,69 @@ def _segment_reads(seg: Value | _Loop) -> set[int]:
     return {a.id for u in values if not inlined(u) for a in _read(u)}
 
 
-def _parked(segments: list[Value | _Loop], excluded: set[int]) -> list[Value]:
-    """The register tiles a heavy segment that does not read them passes between their making and their last read,
-    in a kernel with hidden-block loops (excluded: outputs and shared accumulators, which the caller and their loops
-    hold)."""
+def _parked(segments: list[Value | _Loop], excluded: set[int]) -> dict[int, set[int]]:
+    """{tile id: the segments before which it leaves the registers} for the register tiles parked in a kernel with
+    hidden-block loops (excluded: outputs and shared accumulators, which the caller and their loops hold). A tile
+    leaves them before each heavy segment that does not read it, between its making and its last read, and before a
+    straight-line value whose making would otherwise hold more than PARK_UNITS tiles live (the tiles whose next
+    reader is furthest away leave first, as in Belady's rule)."""
     if not any(isinstance(seg, _Loop) for seg in segments):
-        return []
+        return {}
     reads = [_segment_reads(seg) for seg in segments]
-    out = []
-    for j, seg in enumerate(segments):
+    last: dict[int, int] = {}
+    for j, r in enumerate(reads):
+        for i in r:
+            last[i] = j
+    units: dict[int, float] = {}
+    parkable: set[int] = set()
+    for seg in segments:
         for v in seg.values if isinstance(seg, _Loop) else [seg]:
-            if wide(v) or inlined(v) or tile_units(v) == 0 or v.id in excluded or isinstance(v.op, ir.Input):
-                continue
-            last = max((k for k, r in enumerate(reads) if v.id in r), default=j)
-            if any(_heavy(segments[k]) and v.id not in reads[k] for k in range(j + 1, last)):
-                out.append(v)
-    return out
+            if not (wide(v) or inlined(v)) and tile_units(v) > 0:
+                units[v.id] = tile_units(v)
+                if v.id not in excluded and not isinstance(v.op, ir.Input):
+                    parkable.add(v.id)
+    evicted: dict[int, set[int]] = {}
+    held: dict[int, float] = {}  # tiles in registers before segment j: made or read back, not dead, not evicted
+    for j, seg in enumerate(segments):
+        held = {i: u for i, u in held.items() if last.get(i, -1) >= j}
+        held.update({i: units[i] for i in reads[j] if i in units})
+        movable = [i for i in held if i in parkable and i not in reads[j] and last[i] > j]
+        if _heavy(seg):
+            out = movable
+        else:
+            nxt = {i: min(k for k in range(j + 1, last[i] + 1) if i in reads[k]) for i in movable}
+            out, live = [], sum(held.values()) + tile_units(seg)
+            for i in sorted(movable, key=lambda i: -nxt[i]):
+                if live <= PARK_UNITS:
+                    break
+                out.append(i)
+                live -= held[i]
+        for i in out:
+            evicted.setdefault(i, set()).add(j)
+            del held[i]
+        for v in seg.values if isinstance(seg, _Loop) else [seg]:
+            if v.id in units and (not isinstance(seg, _Loop) or v.id in seg.sums):
+                held[v.id] = units[v.id]
+    return evicted
 
 
 class _Parking:
     """Emits the stores and read-backs of the parked tiles, segment by segment."""
 
-    def __init__(self, parked: list[Value], slot: dict[int, str]):
-        self.parked = {v.id: v for v in parked}
+    def __init__(self, evicted: dict[int, set[int]], values: dict[int, Value], slot: dict[int, str]):
+        self.parked = {i: values[i] for i in evicted}
+        self.evicted_before: dict[int, set[int]] = {}
+        for i, where in evicted.items():
+            for j in where:
+                self.evicted_before.setdefault(j, set()).add(i)
         self.slot = slot
-        self.held: set[int] = set()  # made, or read back, and not passed by a heavy segment since
+        self.held: set[int] = set()  # made, or read back, and not evicted since
         self.made_ids: set[int] = set()
         self.stored_at = -1  # the line after the last store of a parked tile
         self.barrier, self.scanned = -1, 0  # the last barrier among the first `scanned` lines
 
-    def read_back(self, reads: set[int], lines: list[str]) -> None:
+    def read_back(self, j: int, reads: set[int], lines: list[str]) -> None:
+        self.held -= self.evicted_before.get(j, set())
         back = [self.parked[i] for i in sorted(reads & self.made_ids - self.held)]
         for k in range(self.scanned, len(lines)):
             if lines[k].startswith("tl.debug_barrier()"):
@@ -338,9 +380,7 @@ class _Parking:
             lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
         self.held |= {v.id for v in back}
 
-    def made(self, values: list[Value], reads: set[int], heavy: bool, lines: list[str]) -> None:
-        if heavy:  # what it did not read, it did not hold
-            self.held &= reads
+    def made(self, values: list[Value], lines: list[str]) -> None:
         for v in values:
             if v.id in self.parked:
                 lines.append(f"tl.store({self.slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")

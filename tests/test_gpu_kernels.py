@@ -430,3 +430,53 @@ def test_state_pass_reads_the_ut_transform_made_before_it(stem):
     assert "stored_0 = tl.load(stored_0_ptr" in state_fwd and "tl.store(stored_0_ptr" not in state_fwd
     assert "tl.store(stored_0_ptr" in stored_fwd
     assert "'stored_fwd': {'grid': 'chunks'" in text[text.index("DESCRIPTION"):]
+
+
+@pytest.mark.parametrize("stem", ["moneta", "titans"])
+def test_parked_tiles_keep_straight_line_code_within_its_register_bound(stem, monkeypatch):
+    """Between the hidden-block loops, a kernel's straight-line values hold at most PARK_UNITS register tiles live at
+    once (its own result included; tiles it reads, inputs and outputs are never parked, so where they alone exceed
+    the bound nothing movable remains); a parked tile never leaves the registers for a segment that reads it, and
+    leaves them for every hidden-block loop that passes it. Checked on every kernel's plan by replaying it."""
+    from mirasc import kernel_body
+
+    plan = kernel_body._parked
+    by_pressure = []  # tiles leaving the registers for a straight-line value
+
+    def checked(segments, excluded):
+        evicted = plan(segments, excluded)
+        reads = [kernel_body._segment_reads(seg) for seg in segments]
+        last = {i: j for j, r in enumerate(reads) for i in r}
+        made = {}
+        for j, seg in enumerate(segments):
+            for v in seg.values if isinstance(seg, kernel_body._Loop) else [seg]:
+                made[v.id] = (j, v)
+        held: dict[int, float] = {}
+        for j, seg in enumerate(segments):
+            held = {i: u for i, u in held.items() if last.get(i, -1) >= j}
+            for i in reads[j]:
+                assert j not in evicted.get(i, set()), f"{stem}: a tile leaves the registers for its reader"
+                if i in made and kernel_body.tile_units(made[i][1]) > 0 and not kernel_body.wide(made[i][1]):
+                    held[i] = kernel_body.tile_units(made[i][1])
+            for i in [i for i in held if j in evicted.get(i, set())]:
+                del held[i]
+                by_pressure.extend([i] * (not kernel_body._heavy(seg)))
+            movable = [i for i in held if i not in reads[j] and last[i] > j and i not in excluded
+                       and not isinstance(made[i][1].op, kernel_body.ir.Input)]
+            if kernel_body._heavy(seg):
+                assert not movable, f"{stem}: a loop passes a tile it does not read in registers"
+            else:
+                live = sum(held.values()) + kernel_body.tile_units(seg)
+                assert live <= kernel_body.PARK_UNITS or not movable, f"{stem}: {live} tiles live, some movable"
+            for v in seg.values if isinstance(seg, kernel_body._Loop) else [seg]:
+                if kernel_body.tile_units(v) > 0 and not kernel_body.wide(v) and not kernel_body.inlined(v) and (
+                        not isinstance(seg, kernel_body._Loop) or v.id in seg.sums):
+                    held[v.id] = kernel_body.tile_units(v)
+        return evicted
+
+    monkeypatch.setattr(kernel_body, "_parked", checked)
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    generate_triton(load(stem))
+    assert by_pressure, "no tile parked for a straight-line value"

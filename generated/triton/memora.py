@@ -43,6 +43,8 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
+                                       ['s', 'i'],
+                                       ['t', 'o'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 9.0,
@@ -64,7 +66,16 @@ DESCRIPTION = {'spec': 'memora',
                                      ['s', 'o'],
                                      ['t', 's'],
                                      ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
                                      ['s', 'i'],
+                                     ['t', 'i'],
+                                     ['s', 'i'],
+                                     ['t', 's'],
                                      ['t', 'i'],
                                      ['t', 'i'],
                                      ['s', 'o'],
@@ -126,18 +137,21 @@ DESCRIPTION = {'spec': 'memora',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
+                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 's'],
@@ -146,6 +160,11 @@ DESCRIPTION = {'spec': 'memora',
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
@@ -178,6 +197,11 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -215,7 +239,15 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
@@ -250,9 +282,16 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
@@ -261,6 +300,7 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
@@ -291,7 +331,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'i'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -307,6 +349,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -344,6 +388,10 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -365,6 +413,11 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 21.0,
@@ -417,18 +470,21 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 's'],
@@ -437,6 +493,11 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
@@ -467,7 +528,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'i'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -483,6 +546,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -528,18 +593,22 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -547,6 +616,12 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 28.0,
@@ -588,6 +663,9 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
@@ -595,7 +673,10 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -654,18 +735,21 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 's'],
@@ -674,6 +758,11 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
@@ -704,6 +793,11 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
@@ -716,8 +810,12 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'i'],
+                                                 ['t', 's'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i']],
@@ -768,18 +866,21 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
+                                                 ['s', 'i'],
                                                  ['t', 's'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['s', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
@@ -788,6 +889,11 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'o'],
                                                  ['s', 'o'],
                                                  ['s', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
@@ -810,7 +916,15 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
+                                                  ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['s', 'o'],
@@ -847,6 +961,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -863,6 +979,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -896,6 +1014,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -912,6 +1032,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -944,7 +1066,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'i'],
+                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -960,6 +1084,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -1005,18 +1131,22 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1024,6 +1154,12 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -1066,18 +1202,22 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1085,6 +1225,12 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -1127,18 +1273,22 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -1146,6 +1296,12 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 28.0,
@@ -1180,7 +1336,9 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
+                                                ['t', 'o'],
                                                 ['t', 'i'],
+                                                ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1196,6 +1354,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
@@ -1241,18 +1401,22 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['s', 'i'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
+                                                ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
+                                                ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['s', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1260,6 +1424,12 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 's'],
                                                 ['s', 'o'],
                                                 ['s', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
+                                                ['t', 'o'],
                                                 ['t', 'o']],
                                     'value_blocks': 'none',
                                     'tiles': 28.0,
@@ -1307,7 +1477,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64, v115, v103, v93, v100, v105, v112
+        scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV)  # v51, v19, v20, v109, v63, v58, v59, v60, v64, v115, v103, v93, v97, v100, v105, v68, v112
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
         v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
@@ -1369,15 +1539,19 @@ def chunk_state_fwd_kernel(
         v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
+        v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v94 = v93
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v97)  # park
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
+        tl.debug_barrier()  # parked tiles other threads stored
+        v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v100)  # park
         v101 = k
         v105 = (v100 * v101)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v105)  # park
         v34 = v11
         v35 = v13
         v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -1426,6 +1600,7 @@ def chunk_state_fwd_kernel(
         v66 = tl.sum((v65), axis=1)
         v67 = (v66 / (D))
         v68 = (v65 - v67[:, None])
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v68)  # park
         v69 = (v68 * v68)
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
@@ -1434,6 +1609,8 @@ def chunk_state_fwd_kernel(
         v74 = (v72 + v73)  # memory output M(x)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
         v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
         v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
@@ -1444,13 +1621,13 @@ def chunk_state_fwd_kernel(
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
         v114 = v108
-        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         v111 = v100
         v104 = v85
         v112 = (v111 * v104)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1471,7 +1648,7 @@ def chunk_state_fwd_kernel(
             v103 = v64
             tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
         tl.debug_barrier()
-        v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1520,7 +1697,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v102, v98, v90, v111, v112, causal, v85, v93, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 13 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v102, v98, v90, v111, v112, causal, v65, v68, v72, v75, v80, v81, v85, v93, v90, v91, v99, v92, v94, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1614,37 +1791,59 @@ def chunk_out_fwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v80 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1665,21 +1864,29 @@ def chunk_out_fwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v91 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1692,7 +1899,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1708,9 +1915,9 @@ def chunk_out_fwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1732,11 +1939,11 @@ def chunk_out_fwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1745,9 +1952,9 @@ def chunk_out_fwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -1799,7 +2006,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 20 * C * BV)  # v51, v19, v20, v47, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v234, v236, v237, v136, v167, v177, v214, v216, v218, v225, v238, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v156, v165, v143, v130, v139, v138, v162, v206
+        scratch = scratch_ptr + slot * (5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 27 * C * BV)  # v51, v19, v20, v47, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v234, v236, v237, v136, v167, v177, v214, v216, v218, v225, v238, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v155, v156, v165, v143, v130, v139, v138, v162, v183, v184, v188, v195, v196, v206
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
         v11 = tl.sum((v10), axis=0)
@@ -1859,6 +2066,8 @@ def chunk_state_bwd_kernel(
         v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v129 = tl.sum((v128), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v98 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v101 = (q * v98)
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
         v103 = k
@@ -1866,9 +2075,17 @@ def chunk_state_bwd_kernel(
         v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
         v99 = v62
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v103 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v105 = (v103 * v99)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v94 = v93
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v105 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1889,7 +2106,7 @@ def chunk_state_bwd_kernel(
             v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
         v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
         v34 = v11
         v35 = v13
         tl.debug_barrier()  # parked tiles other threads stored
@@ -1946,7 +2163,7 @@ def chunk_state_bwd_kernel(
         v66 = tl.sum((v65), axis=1)
         v67 = (v66 / (D))
         v68 = (v65 - v67[:, None])
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
         v69 = (v68 * v68)
         v70 = tl.sum((v69), axis=1)
         v71 = (v70 / (D))
@@ -1954,24 +2171,28 @@ def chunk_state_bwd_kernel(
         v73 = k
         v74 = (v72 + v73)  # memory output M(x)
         v75 = (v74 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
         v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v78 = tl.sum((v77), axis=1)
         v79 = (v78 / (D))
         v80 = (2.0 * v68 * v79[:, None])
+        v76 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v81 = (v76 + v80)
         v82 = ((-1.0) * v81)
         v83 = tl.sum((v82), axis=1)
         v84 = (v83 / (D))
         v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v98 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v110 = v98
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2000,27 +2221,27 @@ def chunk_state_bwd_kernel(
             v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v112 = (v110 * v111)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v85 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v85 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v117 = v85
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v99 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v115 = v99
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
         v119 = (v117 * v115)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v113 = v93
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v114 = v94
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
         v118 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2028,11 +2249,11 @@ def chunk_state_bwd_kernel(
             v109 = tl.load(scratch + 3 * HID * D + 4 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
             v116 = tl.load(scratch + 3 * HID * D + 4 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
             v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v119 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v119 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2054,7 +2275,7 @@ def chunk_state_bwd_kernel(
             v120_b = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v112 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v112 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v121 = (v112 - v120)
         v122 = tl.sum((v121), axis=1)
         v123 = (v122 / (D))
@@ -2064,18 +2285,25 @@ def chunk_state_bwd_kernel(
         v127 = (v126 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
         v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
         v147 = tl.sum((v146), axis=1)
         v148 = (v147 / (D))
         v149 = (2.0 * v124 * v148[:, None])
+        tl.debug_barrier()  # parked tiles other threads stored
+        v145 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v150 = (v145 + v149)
         v151 = ((-1.0) * v150)
         v152 = tl.sum((v151), axis=1)
         v153 = (v152 / (D))
         v154 = (v150 + v153[:, None])
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
         v155 = ((-1.0) * v154)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v119 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v156 = tl.zeros((C, C), DTYPE)
         v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2094,30 +2322,33 @@ def chunk_state_bwd_kernel(
             v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
         v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v154 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v110 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v154 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v165 = (v110 * v154)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
         v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v93 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v96 = tl.sum((v95), axis=0)
-        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v94 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
         v99 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v100 = (v97 * v99)
         v103 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v143 = (v100 * v103)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
         v130 = v100
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v117 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v117 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v139 = (v130 * v117)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v156 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v165 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2132,7 +2363,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 3 * HID * D + 4 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
         tl.debug_barrier()
         v101 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v143 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v143 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2146,8 +2377,8 @@ def chunk_state_bwd_kernel(
             v170 = ((-1.0) * v169)
             tl.store(scratch + 4 * HID * D + 4 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v170)
         tl.debug_barrier()
-        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v139 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v106 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v139 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2171,7 +2402,7 @@ def chunk_state_bwd_kernel(
             v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 4 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v140)
         tl.debug_barrier()
-        v156 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v156 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v137 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2186,14 +2417,14 @@ def chunk_state_bwd_kernel(
             v135 = tl.load(scratch + 4 * HID * D + 4 * HID + 12 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v130 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v130 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v138 = (v130 * v137)
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v118 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v155 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v113 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v114 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v118 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v155 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v157 = tl.zeros((C, BV), DTYPE)
@@ -2213,12 +2444,12 @@ def chunk_state_bwd_kernel(
             v157_a = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v115 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v158 = (v115 * v157)
-        v138 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v138 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v161 = (v138 + v158)
         v162 = v161
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
         v178 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2231,38 +2462,55 @@ def chunk_state_bwd_kernel(
             v60 = tl.load(scratch + 3 * HID * D + 4 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
             v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v162 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v162 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = (v162 + v178)
         v180 = tl.sum((v179), axis=1)
         v181 = (v180 / (D))
         v182 = ((-1.0) * v181)
         v183 = (v179 + v182[:, None])
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
         v184 = (2.0 * v79[:, None] * v183)
-        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v185 = (2.0 * v68 * v183)
         v186 = tl.sum((v185), axis=1)
         v187 = (v186 / (D))
-        v75 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v75 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
         v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v183 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v195 = (v191 + v194)
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v75 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v190 = tl.sum((v189), axis=1)
+        v183 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v193 = tl.sum((v192), axis=1)
+        v68 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
         v198 = tl.sum((v197), axis=1)
         v199 = (v190 + v193 + v198)
         v200 = (v199 / (D))
         v201 = (2.0 * v68 * v200[:, None])
+        v184 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v188 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v196 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v202 = (v184 + v188 + v196 + v201)
         v203 = ((-1.0) * v202)
         v204 = tl.sum((v203), axis=1)
         v205 = (v204 / (D))
         v206 = (v202 + v205[:, None])
-        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
+        tl.store(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
         v131 = v129
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2307,8 +2555,8 @@ def chunk_state_bwd_kernel(
             v136 = (v131[:, None] * d_new_w2)
             tl.store(scratch + 5 * HID * D + 6 * HID + 15 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
         tl.debug_barrier()
-        v85 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v165 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v85 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v165 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2319,7 +2567,7 @@ def chunk_state_bwd_kernel(
             v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 5 * HID * D + 6 * HID + 15 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v177)
         tl.debug_barrier()
-        v206 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v206 = tl.load(scratch + 5 * HID * D + 8 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v216 = tl.zeros((BV,), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2495,7 +2743,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v97, v95, v101, v109, v102, v141, v98, v90, v111, v112, causal, v142, v85, v90, v92, v94, v93, v98, v91, v99, v103, v105, v112, v106, v107, v133
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v97, v95, v101, v109, v102, v141, v98, v90, v111, v112, causal, v142, v65, v68, v72, v76, v81, v85, v90, v92, v94, v93, v98, v91, v99, v103, v105, v112, v106, v107, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -2590,44 +2838,63 @@ def chunk_grad_q_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v91 = v90
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2648,14 +2915,14 @@ def chunk_grad_q_1_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2670,7 +2937,7 @@ def chunk_grad_q_1_bwd_kernel(
         v95 = tl.dot(v94.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v95)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2689,24 +2956,24 @@ def chunk_grad_q_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2715,9 +2982,9 @@ def chunk_grad_q_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2739,7 +3006,7 @@ def chunk_grad_q_1_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -2758,8 +3025,12 @@ def chunk_grad_q_1_bwd_kernel(
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = ((-1.0) * v133)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2778,8 +3049,8 @@ def chunk_grad_q_1_bwd_kernel(
         v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
     v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = (v103 * v133)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2802,9 +3073,9 @@ def chunk_grad_q_1_bwd_kernel(
         v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v141 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v142 += tl.trans(tl.dot(v97.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v142)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v143 = tl.zeros((C, D), DTYPE)
@@ -2862,7 +3133,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 8 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v101, v102, v109, v140, v98, v90, v111, v112, causal, v85, v93, v92, v94, v112, v106, v107, v113, v103, v133
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 14 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v101, v102, v109, v140, v98, v90, v111, v112, causal, v65, v68, v72, v75, v80, v81, v85, v93, v91, v99, v92, v94, v112, v106, v107, v113, v103, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -2956,37 +3227,58 @@ def chunk_grad_q_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v80 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3007,21 +3299,27 @@ def chunk_grad_q_2_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3034,7 +3332,7 @@ def chunk_grad_q_2_bwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3052,9 +3350,9 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v109)
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3076,11 +3374,11 @@ def chunk_grad_q_2_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3089,9 +3387,9 @@ def chunk_grad_q_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -3110,12 +3408,12 @@ def chunk_grad_q_2_bwd_kernel(
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
     v133 = (v129 + v132[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     v134 = ((-1.0) * v133)
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v135 = tl.zeros((C, C), DTYPE)
     v135_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3134,8 +3432,8 @@ def chunk_grad_q_2_bwd_kernel(
         v135 += tl.where(tl.arange(0, C)[None, :] == v135_p[:, None], v135_d[:, None], 0.0)
     v135 = v135 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v133 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = (v103 * v133)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3157,7 +3455,7 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v140 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v141 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v142 = (v92 * v141)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v142.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3197,7 +3495,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 8 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v108, v109, v116, v151, v105, v93, v118, v119, causal, v152, q, v85, v99, v93, v94, v98, v101, v119, v113, v114, v120, v110, v143, v154, v100
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 14 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v108, v109, v116, v151, v105, v93, v118, v119, causal, v152, q, v65, v68, v72, v75, v80, v81, v85, v99, v93, v94, v106, v98, v101, v119, v113, v114, v120, v110, v143, v145, v154, v100
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3291,39 +3589,59 @@ def chunk_grad_k_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v80 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v103 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v94 = v93
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3344,21 +3662,29 @@ def chunk_grad_k_0_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3372,7 +3698,7 @@ def chunk_grad_k_0_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3390,9 +3716,9 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v116)
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v113 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3414,11 +3740,11 @@ def chunk_grad_k_0_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3427,9 +3753,9 @@ def chunk_grad_k_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    v120 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3448,12 +3774,12 @@ def chunk_grad_k_0_bwd_kernel(
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
     v143 = (v139 + v142[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v143)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v144 = ((-1.0) * v143)
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v145 = tl.zeros((C, C), DTYPE)
     v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3472,9 +3798,12 @@ def chunk_grad_k_0_bwd_kernel(
         v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v143 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v147 = (v110 * v143)
+    v145 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3496,8 +3825,8 @@ def chunk_grad_k_0_bwd_kernel(
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v152 += tl.trans(tl.dot(v104.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v152)
     tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3518,15 +3847,17 @@ def chunk_grad_k_0_bwd_kernel(
         v153_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v153_p[:, None] * D + tl.arange(0, D)[None, :])
         v153 += v153_x[:, None] * v153_y * v153_m[:, None] * tl.exp(tl.minimum(v153_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v154 = (v99 * v153)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v154)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v154)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v132 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3536,9 +3867,9 @@ def chunk_grad_k_0_bwd_kernel(
         v104 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v132 += tl.dot(v104.to(DOT_DTYPE), v131.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v133 = (v100 * v132)
-    v154 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = (v133 + v154)
     v156 = v155
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -3579,7 +3910,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v93, v94, v97, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3674,10 +4005,13 @@ def chunk_grad_k_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -3685,19 +4019,24 @@ def chunk_grad_k_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3709,26 +4048,28 @@ def chunk_grad_k_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3749,14 +4090,15 @@ def chunk_grad_k_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -3766,9 +4108,9 @@ def chunk_grad_k_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3783,7 +4125,7 @@ def chunk_grad_k_1_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3799,23 +4141,23 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3823,10 +4165,11 @@ def chunk_grad_k_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3848,7 +4191,7 @@ def chunk_grad_k_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -3867,8 +4210,13 @@ def chunk_grad_k_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -3888,19 +4236,21 @@ def chunk_grad_k_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3919,12 +4269,12 @@ def chunk_grad_k_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3936,8 +4286,8 @@ def chunk_grad_k_1_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3965,13 +4315,13 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -4017,7 +4367,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 18 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v164, v167, v168, v132, v136, v159, v105, v93, v118, v119, causal, v150, v68, v75, v85, v93, v94, v99, v100, v138, v106, v101, v110, v112, v117, v115, v119, v113, v114, v118, v149, v150, v151, v128, v135, v134, v157
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 27 * C * BV)  # v51, v19, v20, v54, v63, v58, v59, v60, v64, v86, v139, v108, v116, v109, v164, v167, v168, v132, v136, v159, v105, v93, v118, v119, causal, v150, v65, v68, v72, v75, v76, v81, v85, v93, v94, v99, v100, v138, v106, v101, v110, v112, v117, v115, v119, v113, v114, v118, v149, v150, v151, v128, v135, v134, v157, v175, v176, v180, v187, v188
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -4112,49 +4462,68 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v64)
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v103 = k
     v138 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v138)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v138)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v105 = (v103 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4175,15 +4544,15 @@ def chunk_grad_k_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v138 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4195,8 +4564,8 @@ def chunk_grad_k_2_bwd_kernel(
         v139 = tl.dot(v138.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v139)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4224,27 +4593,27 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4252,11 +4621,11 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4278,7 +4647,7 @@ def chunk_grad_k_2_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4297,9 +4666,13 @@ def chunk_grad_k_2_bwd_kernel(
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (v145 + v148[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
     v150 = ((-1.0) * v149)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v150)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v150)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v151 = tl.zeros((C, C), DTYPE)
     v151_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4318,18 +4691,20 @@ def chunk_grad_k_2_bwd_kernel(
         v151 += tl.where(tl.arange(0, C)[None, :] == v151_p[:, None], v151_d[:, None], 0.0)
     v151 = v151 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v149 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v149 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = (v110 * v149)
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v135 = (v128 * v117)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v135)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v151 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4344,8 +4719,8 @@ def chunk_grad_k_2_bwd_kernel(
         v164 = ((-1.0) * v163)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v164)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4369,7 +4744,7 @@ def chunk_grad_k_2_bwd_kernel(
         v136 = tl.dot(v135.to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v136)
     tl.debug_barrier()
-    v151 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v151 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4384,14 +4759,14 @@ def chunk_grad_k_2_bwd_kernel(
         v132 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v150 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v150 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v150)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v152 = tl.zeros((C, BV), DTYPE)
@@ -4411,12 +4786,12 @@ def chunk_grad_k_2_bwd_kernel(
         v152_a = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + C * D + v152_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v115 * v152)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v156 = (v134 + v153)
     v157 = v156
-    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
     v170 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4428,32 +4803,45 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v170 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v169).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v157 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v157 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v171 = (v157 + v170)
     v172 = tl.sum((v171), axis=1)
     v173 = (v172 / (D))
     v174 = ((-1.0) * v173)
     v175 = (v171 + v174[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v175)  # park
     v176 = (2.0 * v79[:, None] * v175)
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v176)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v177 = (2.0 * v68 * v175)
     v178 = tl.sum((v177), axis=1)
     v179 = (v178 / (D))
-    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v180 = ((-0.5) * ln_weight[None, :] * v75 * v179[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v180)  # park
     v183 = ((-0.5) * v68 * ln_weight[None, :] * v179[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v186 = (ln_weight[None, :] * v175 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v187 = (v183 + v186)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v187)  # park
     v188 = (ln_weight[None, :] * v187 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v181 = (0.75 * v68 * ln_weight[None, :] * v75 * v179[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v182 = tl.sum((v181), axis=1)
+    v175 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v184 = ((-0.5) * ln_weight[None, :] * v75 * v175 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v185 = tl.sum((v184), axis=1)
+    v187 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = ((-0.5) * v68 * ln_weight[None, :] * v187 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
     v191 = (v182 + v185 + v190)
     v192 = (v191 / (D))
     v193 = (2.0 * v68 * v192[:, None])
+    v176 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v180 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 2 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (v176 + v180 + v188 + v193)
     v195 = ((-1.0) * v194)
     v196 = tl.sum((v195), axis=1)
@@ -4512,7 +4900,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 20 * C * BV)  # v19, v20, v47, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v230, v136, v167, v177, v214, v216, v219, v232, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v156, v165, v143, v130, v139, v138, v162, v206
+    scratch = scratch_ptr + slot * (6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 27 * C * BV)  # v19, v20, v47, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v230, v136, v167, v177, v214, v216, v219, v232, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v155, v156, v165, v143, v130, v139, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4569,6 +4957,8 @@ def chunk_grad_k_3_bwd_kernel(
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -4576,9 +4966,17 @@ def chunk_grad_k_3_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4599,7 +4997,7 @@ def chunk_grad_k_3_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
     tl.debug_barrier()  # parked tiles other threads stored
@@ -4659,7 +5057,7 @@ def chunk_grad_k_3_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -4667,24 +5065,28 @@ def chunk_grad_k_3_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4713,27 +5115,27 @@ def chunk_grad_k_3_bwd_kernel(
         v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4741,11 +5143,11 @@ def chunk_grad_k_3_bwd_kernel(
         v109 = tl.load(scratch + 5 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4767,7 +5169,7 @@ def chunk_grad_k_3_bwd_kernel(
         v120_b = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -4777,18 +5179,25 @@ def chunk_grad_k_3_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4807,30 +5216,33 @@ def chunk_grad_k_3_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v154 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v103 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v130 = v100
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v156 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v165 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4845,7 +5257,7 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
     tl.debug_barrier()
     v101 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v143 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v143 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4859,8 +5271,8 @@ def chunk_grad_k_3_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 5 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v139 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v139 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4884,7 +5296,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 3 * HID * D + 12 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4899,14 +5311,14 @@ def chunk_grad_k_3_bwd_kernel(
         v135 = tl.load(scratch + 5 * HID + 3 * HID * D + 12 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -4926,12 +5338,12 @@ def chunk_grad_k_3_bwd_kernel(
         v157_a = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4944,38 +5356,55 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
-    v162 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
+    tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v131 = v129
     v234 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5010,8 +5439,8 @@ def chunk_grad_k_3_bwd_kernel(
         v136 = (v131[:, None] * d_new_w2)
         tl.store(scratch + 5 * HID + 4 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5022,7 +5451,7 @@ def chunk_grad_k_3_bwd_kernel(
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 4 * HID * D + 15 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v177)
     tl.debug_barrier()
-    v206 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v206 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5156,7 +5585,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v93, v94, v97, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -5251,10 +5680,13 @@ def chunk_grad_v_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -5262,19 +5694,24 @@ def chunk_grad_v_0_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5286,26 +5723,28 @@ def chunk_grad_v_0_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5326,14 +5765,15 @@ def chunk_grad_v_0_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -5343,9 +5783,9 @@ def chunk_grad_v_0_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5360,7 +5800,7 @@ def chunk_grad_v_0_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5376,23 +5816,23 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5400,10 +5840,11 @@ def chunk_grad_v_0_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5425,7 +5866,7 @@ def chunk_grad_v_0_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -5444,8 +5885,13 @@ def chunk_grad_v_0_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -5465,19 +5911,21 @@ def chunk_grad_v_0_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5496,12 +5944,12 @@ def chunk_grad_v_0_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5513,8 +5961,8 @@ def chunk_grad_v_0_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5542,13 +5990,13 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -5594,7 +6042,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 26 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v165, v100, v143, v155, v156, v130, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5654,6 +6102,8 @@ def chunk_grad_v_1_bwd_kernel(
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -5661,9 +6111,17 @@ def chunk_grad_v_1_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5684,7 +6142,7 @@ def chunk_grad_v_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -5740,7 +6198,7 @@ def chunk_grad_v_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -5748,24 +6206,28 @@ def chunk_grad_v_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5791,27 +6253,27 @@ def chunk_grad_v_1_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5822,11 +6284,11 @@ def chunk_grad_v_1_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5848,7 +6310,7 @@ def chunk_grad_v_1_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -5858,34 +6320,45 @@ def chunk_grad_v_1_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v154 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5904,14 +6377,14 @@ def chunk_grad_v_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5923,7 +6396,7 @@ def chunk_grad_v_1_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v144)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5939,8 +6412,8 @@ def chunk_grad_v_1_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5967,14 +6440,14 @@ def chunk_grad_v_1_bwd_kernel(
         v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -5994,12 +6467,12 @@ def chunk_grad_v_1_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6008,37 +6481,55 @@ def chunk_grad_v_1_bwd_kernel(
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6055,11 +6546,12 @@ def chunk_grad_v_1_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v206 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6164,7 +6656,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 19 * C * D + 6 * C * C + 12 * C * BV)  # v51, v19, v20, v54, v100, v63, v58, v59, v60, v64, v102, v106, v107, v114, v166, v167, v103, v93, v116, v117, causal, v168, v153, q, v61, v93, v108, v99, v101, v98, v103, v94, v104, v85, v109, v110, v115, v117, v111, v112, v116, v152, v153, v160, v168, v170, v140, v164, v178, v135, v176, v182, v159
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 19 * C * D + 7 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v100, v63, v58, v59, v60, v64, v102, v106, v107, v114, v166, v167, v103, v93, v116, v117, causal, v168, v153, q, v61, v93, v108, v99, v101, v98, v103, v94, v104, v68, v72, v76, v85, v109, v110, v115, v117, v111, v112, v116, v118, v143, v152, v153, v160, v154, v168, v170, v140, v164, v178, v135, v176, v182, v159
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
@@ -6231,12 +6723,17 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v98 = v62
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v103 = (v101 * v98)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v103)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6309,24 +6806,34 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v104 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6354,28 +6861,28 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v109 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = (v108 * v109)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = v98
     v117 = (v115 * v113)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v112 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v116 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6386,11 +6893,11 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 += tl.dot(v107.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v116)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v116)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v116)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v117)
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6412,7 +6919,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v118_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + C * D + v118_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v118 += v118_x[:, None] * v118_y * v118_m[:, None] * tl.exp(tl.minimum(v111 - v118_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v119 = (v110 - v118)
     v120 = tl.sum((v119), axis=1)
     v121 = (v120 / (D))
@@ -6422,21 +6931,30 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v125 = (v124 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v143 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v125[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v144 = ((-0.5) * v122 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v125[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v125[:, None])))))
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (2.0 * v122 * v146[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v143 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v148 = (v143 + v147)
     v149 = ((-1.0) * v148)
     v150 = tl.sum((v149), axis=1)
     v151 = (v150 / (D))
     v152 = (v148 + v151[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
     v153 = ((-1.0) * v152)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v153 * v118)
     v160 = v155
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v160)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v160)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v154 = tl.zeros((C, C), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6455,9 +6973,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v154 += tl.where(tl.arange(0, C)[None, :] == v154_p[:, None], v154_d[:, None], 0.0)
     v154 = v154 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v161 = (v108 * v152)
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6480,7 +7001,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v168 += tl.trans(tl.dot(v102.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v168)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v168)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -6505,7 +7026,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v169 += v169_x * v169_y[:, None] * v169_m[:, None] * tl.exp(tl.minimum(v93 - v169_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
     v170 = (q * v169)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v170)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v170)  # park
     v131 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6525,13 +7046,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v138 += tl.sum((v137), axis=0)
     v139 = (v132 + v138)
     v140 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v139[None, :])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v140)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 12 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v140)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v163 = (v152 * v109)
     v164 = v163
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v164)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 13 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v164)  # park
     v173 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6541,12 +7062,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v173 += tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v166).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v174 = (q * v173)
     tl.debug_barrier()  # parked tiles other threads stored
-    v140 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v164 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 13 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v140 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 12 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v164 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 13 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v177 = (v140 + v164 + v174)
     v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v178 = (v177 * tl.exp(v93))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v178)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 14 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v178)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
@@ -6559,10 +7080,10 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v133 += tl.dot(v114.to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v115 * v133)
     v135 = v134
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :], v135)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 15 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v135)  # park
     v141 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6574,22 +7095,22 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v142 = (v101 * v141)
-    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 15 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 15 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v175 = (v135 + v142)
     v98 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v176 = (v98 * v175)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :], v176)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 16 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v176)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v179 = (v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
     v180 = tl.sum((v179), axis=0)
     v182 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :], v182)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 17 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :], v182)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v153 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v153 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v153)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, BV), DTYPE)
@@ -6609,14 +7130,14 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v156_a = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + C * D + v156_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v156 += v156_x[:, None] * v156_y * v156_m[:, None] * tl.exp(tl.minimum(v156_a - v112, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v157 = ((-1.0) * v117 * v156)
     v159 = v157
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 18 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v168 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v168 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v171 = tl.zeros((C, D), DTYPE)
@@ -6638,15 +7159,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # every slice read before the slots are written again
     v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v172 = ((-1.0) * v103 * v171)
-    v176 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 16 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v176 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 16 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v181 = ((-1.0) * v91[:, None] * v176 * tl.exp((v96[None, :] - v94)))
-    v159 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 18 * C * D + 6 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 18 * C * D + 7 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v183 = (v159 + v172 + v181)
     v184 = v183
-    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v170 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v178 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 14 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v182 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 17 * C * D + 6 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v170 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 11 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v178 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 14 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v182 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 17 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v185 = (v160 + v170 + v178 + v182 + v184)
     v186 = tl.cumsum(v185, axis=0, reverse=True)
     v61 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
@@ -6690,7 +7211,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 20 * C * BV)  # v50, v51, v19, v20, v52, v53, v142, v102, v63, v56, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v136, v167, v177, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v156, v165, v143, v130, v139, v138, v162, v206
+    scratch = scratch_ptr + slot * (5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 27 * C * BV)  # v50, v51, v19, v20, v52, v53, v142, v102, v63, v56, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v136, v167, v177, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v155, v156, v165, v143, v130, v139, v138, v162, v183, v184, v188, v195, v196, v206
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -6751,6 +7272,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -6758,9 +7281,17 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6781,7 +7312,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
     tl.debug_barrier()  # parked tiles other threads stored
@@ -6838,7 +7369,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -6846,24 +7377,28 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6892,27 +7427,27 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6920,11 +7455,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -6946,7 +7481,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v120_b = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -6956,18 +7491,25 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6986,30 +7528,33 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v154 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v103 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v130 = v100
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v156 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v165 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7024,7 +7569,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 4 * HID * D + 3 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
     tl.debug_barrier()
     v101 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v143 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v143 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7038,8 +7583,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 5 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v139 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v139 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7063,7 +7608,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID * D + 3 * HID + 12 * C * HID + 4 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7078,14 +7623,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v135 = tl.load(scratch + 5 * HID * D + 3 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -7105,12 +7650,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v157_a = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7123,38 +7668,55 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
-    v162 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
+    tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v131 = v129
     v228 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7187,8 +7749,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v136 = (v131[:, None] * d_new_w2)
         tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7199,7 +7761,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v177)
     tl.debug_barrier()
-    v206 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v206 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7268,7 +7830,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 4 * C * C + 10 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v101, v103, v107, v108, v115, v157, v104, v93, v117, v118, causal, v147, v158, q, v85, v116, v93, v109, v100, v102, v99, v94, v105, v111, v118, v112, v113, v146, v152, v160, v97, v133
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 6 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v101, v103, v107, v108, v115, v157, v104, v93, v117, v118, causal, v147, v158, q, v65, v68, v72, v76, v81, v85, v116, v93, v109, v100, v102, v99, v94, v105, v111, v118, v112, v113, v117, v137, v146, v147, v152, v148, v160, v97, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -7363,47 +7925,66 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v116 = v85
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v116)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v116)  # park
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v109 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v109)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v100 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :], v100)  # park
     v102 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v102)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v102)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v104 = (v102 * v99)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v104)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7424,10 +8005,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v105 += tl.where(tl.arange(0, C)[None, :] == v105_p[:, None], v105_d[:, None], 0.0)
     v105 = v105 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v105)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7442,7 +8023,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v103 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v103)
     tl.debug_barrier()
-    v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v110 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7458,23 +8039,23 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v110 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v111 = (v109 * v110)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v99
-    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v118 = (v116 * v114)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v118)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v112 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v113)  # park
     v117 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7485,9 +8066,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v108 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v117 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v117)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7509,7 +8092,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v119_b = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v119_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v119 += v119_x[:, None] * v119_y * v119_m[:, None] * tl.exp(tl.minimum(v112 - v119_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = (v111 - v119)
     v121 = tl.sum((v120), axis=1)
     v122 = (v121 / (D))
@@ -7519,17 +8102,25 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v126 = (v125 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v137 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v126[:, None])))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v137)  # park
     v138 = ((-0.5) * v123 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v126[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v126[:, None])))))
     v139 = tl.sum((v138), axis=1)
     v140 = (v139 / (D))
     v141 = (2.0 * v123 * v140[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v137 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v142 = (v137 + v141)
     v143 = ((-1.0) * v142)
     v144 = tl.sum((v143), axis=1)
     v145 = (v144 / (D))
     v146 = (v142 + v145[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = ((-1.0) * v146)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v147)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, BV), DTYPE)
@@ -7549,12 +8140,15 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v149_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v149 += v149_x * v149_y[:, None] * v149_m[:, None] * tl.exp(tl.minimum(v149_a - v113, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v150 = (v116 * v149)
     v152 = v150
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v152)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v152)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v148 = tl.zeros((C, C), DTYPE)
     v148_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7573,9 +8167,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v148 += tl.where(tl.arange(0, C)[None, :] == v148_p[:, None], v148_d[:, None], 0.0)
     v148 = v148 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v146 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v146 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = (v109 * v146)
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7597,8 +8194,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v157 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v158 += tl.trans(tl.dot(v103.to(DOT_DTYPE), tl.trans(v157).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v158)
     tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7619,14 +8216,16 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v159_a = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + C * D + v159_p[:, None] * D + tl.arange(0, D)[None, :])
         v159 += v159_x[:, None] * v159_y * v159_m[:, None] * tl.exp(tl.minimum(v159_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v160 = (v102 * v159)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v160)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v160)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v131 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7636,10 +8235,10 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.dot(v115.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v116 * v131)
     v133 = v132
-    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v133)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v133)  # park
     v135 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7649,14 +8248,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v103.to(DOT_DTYPE), v134.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v102 * v135)
-    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v161 = (v133 + v136)
-    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v97 * v161)
-    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v152 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v160 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v163 = (v152 + v160 + v162)
     v164 = v163
     v165 = (v164 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7698,7 +8297,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 20 * C * BV)  # v19, v20, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v136, v167, v177, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v154, v155, v156, v165, v143, v130, v139, v138, v162, v206
+    scratch = scratch_ptr + slot * (4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 27 * C * BV)  # v19, v20, v48, v52, v53, v142, v102, v63, v58, v59, v60, v64, v86, v108, v116, v109, v169, v174, v144, v170, v173, v175, v135, v140, v164, v176, v136, v167, v177, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v155, v156, v165, v143, v130, v139, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7755,6 +8354,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v128 = (v98 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v129 = tl.sum((v128), axis=0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -7762,9 +8363,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -7785,7 +8394,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     v34 = v11
     v35 = v13
     tl.debug_barrier()  # parked tiles other threads stored
@@ -7844,7 +8453,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -7852,24 +8461,28 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7898,27 +8511,27 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7926,11 +8539,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v109 = tl.load(scratch + 4 * HID + 2 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7952,7 +8565,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v120_b = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -7962,18 +8575,25 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7992,30 +8612,33 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v154 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
     v103 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
     v130 = v100
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v139)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v156 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v165 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8030,7 +8653,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 2 * HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v169)
     tl.debug_barrier()
     v101 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v143 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v143 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8044,8 +8667,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 4 * HID + 3 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v139 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v139 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8069,7 +8692,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(v139.to(DOT_DTYPE), v135.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 3 * HID * D + 12 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v137 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8084,14 +8707,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v135 = tl.load(scratch + 4 * HID + 3 * HID * D + 12 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -8111,12 +8734,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v157_a = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8129,38 +8752,55 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 2 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()
-    v162 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
-    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
+    tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v131 = v129
     v228 = tl.zeros((D,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8193,8 +8833,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v136 = (v131[:, None] * d_new_w2)
         tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v136)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v165 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8205,7 +8845,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v177 = tl.dot(tl.trans(v85).to(DOT_DTYPE), v176.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v177)
     tl.debug_barrier()
-    v206 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v206 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8274,7 +8914,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v102, v98, v90, v111, v112, causal, v85, v93, v92, v94, v112, v106, v107, v113, v103
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 13 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v100, v102, v98, v90, v111, v112, causal, v65, v68, v72, v75, v80, v81, v85, v93, v91, v99, v92, v94, v112, v106, v107, v113, v103
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8368,37 +9008,58 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
+    v68 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v80 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v81)  # park
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v96 = k
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v89 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v90 = tl.cumsum(v89, axis=0, reverse=False)
     v91 = v90
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8419,21 +9080,27 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     v92 = tl.exp(v90)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v92)  # park
     v94 = (q * v92)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
-    v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = v93
     v112 = (v110 * v108)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v112)  # park
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v91 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8446,7 +9113,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8462,9 +9129,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v109 = v64
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8486,11 +9153,11 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v113_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8499,9 +9166,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v103 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v103 * v104)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v114 = (v105 - v113)
     v115 = tl.sum((v114), axis=1)
     v116 = (v115 / (D))
@@ -8550,7 +9217,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 16 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 19 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v72, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8645,35 +9312,43 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8685,26 +9360,28 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -8725,11 +9402,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -8739,9 +9416,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8756,7 +9433,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8772,23 +9449,23 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8796,10 +9473,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -8821,7 +9499,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -8840,8 +9518,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -8861,19 +9544,21 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8892,12 +9577,12 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8909,8 +9594,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8938,17 +9623,17 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
-    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v173 = ((-0.5) * v68 * v75 * v172[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v174 = tl.sum((v173), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v174.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -8989,7 +9674,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 16 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 19 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v72, v75, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -9084,35 +9769,43 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9124,26 +9817,28 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9164,11 +9859,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -9178,9 +9873,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9195,7 +9890,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9211,23 +9906,23 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9235,10 +9930,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -9260,7 +9956,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -9279,8 +9975,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -9300,19 +10001,21 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -9331,12 +10034,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9348,8 +10051,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9377,13 +10080,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (v75 * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v171 = tl.sum((v170), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v171.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -9424,7 +10127,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v93, v94, v97, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -9519,10 +10222,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -9530,19 +10236,24 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9554,26 +10265,28 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9594,14 +10307,15 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -9611,9 +10325,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9628,7 +10342,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9644,23 +10358,23 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9668,10 +10382,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -9693,7 +10408,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -9712,8 +10427,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -9733,19 +10453,21 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -9764,12 +10486,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9781,8 +10503,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9810,13 +10532,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -9863,7 +10585,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 26 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v165, v100, v143, v155, v156, v130, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9923,6 +10645,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -9930,9 +10654,17 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -9953,7 +10685,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -10009,7 +10741,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -10017,24 +10749,28 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10060,27 +10796,27 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10091,11 +10827,11 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -10117,7 +10853,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -10127,34 +10863,45 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v154 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -10173,14 +10920,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10192,7 +10939,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v144)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10208,8 +10955,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10236,14 +10983,14 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -10263,12 +11010,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10277,37 +11024,55 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10324,11 +11089,12 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v206 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10429,7 +11195,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 26 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v165, v100, v143, v155, v156, v130, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10489,6 +11255,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -10496,9 +11264,17 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -10519,7 +11295,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -10575,7 +11351,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -10583,24 +11359,28 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10626,27 +11406,27 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10657,11 +11437,11 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -10683,7 +11463,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -10693,34 +11473,45 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v154 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -10739,14 +11530,14 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10758,7 +11549,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v144)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10774,8 +11565,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10802,14 +11593,14 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -10829,12 +11620,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10843,37 +11634,55 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10890,11 +11699,12 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v206 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10992,7 +11802,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 26 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v165, v100, v143, v155, v156, v130, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -11052,6 +11862,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -11059,9 +11871,17 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -11082,7 +11902,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -11138,7 +11958,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -11146,24 +11966,28 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11189,27 +12013,27 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11220,11 +12044,11 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -11246,7 +12070,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -11256,34 +12080,45 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v154 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -11302,14 +12137,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11321,7 +12156,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v144)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11337,8 +12172,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11365,14 +12200,14 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -11392,12 +12227,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11406,37 +12241,55 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11453,11 +12306,12 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v206 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11600,7 +12454,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 15 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v68, v93, v94, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v147, v154, v136, v155
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 17 * C * BV)  # v51, v19, v20, v54, v63, v64, v58, v59, v60, v116, v102, v104, v108, v109, v137, v152, v163, v105, v93, v118, v119, causal, v148, v65, v68, v93, v94, v97, v99, v100, v128, v134, v115, v110, v101, v103, v106, v85, v112, v119, v113, v114, v118, v147, v148, v154, v136, v155
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -11695,10 +12549,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -11706,19 +12563,24 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v61 = (tl.where(offs_t == 0, 1.0, 0.0)[:, None] + (gate_alpha * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None])))
     v92 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61))
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v97)  # park
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v97 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     v128 = v100
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v128)  # park
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11730,26 +12592,28 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v132 = ((-1.0) * d_new_w2)
         v133 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v134 = (v128 * v133)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v134)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = tl.exp(v93)  # cumulative decay in the chunk
     v110 = v98
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v101 = (q * v98)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
-    v105 = (v103 * v99)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v105 = (v103 * v99)
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -11770,14 +12634,15 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None]))))))
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
@@ -11787,9 +12652,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11804,7 +12669,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11820,23 +12685,23 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11844,10 +12709,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -11869,7 +12735,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v120_b = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -11888,8 +12754,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v145 = tl.sum((v144), axis=1)
     v146 = (v145 / (D))
     v147 = (v143 + v146[:, None])
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
     v148 = ((-1.0) * v147)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v148)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v150 = tl.zeros((C, BV), DTYPE)
@@ -11909,19 +12780,21 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v150_a = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + C * D + v150_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v150 += v150_x * v150_y[:, None] * v150_m[:, None] * tl.exp(tl.minimum(v150_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v151 = (v115 * v150)
-    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v153 = (v134 + v151)
     v154 = v153
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v136 = (v100 * v103)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v148 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -11940,12 +12813,12 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = (v110 * v147)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11957,8 +12830,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v152 = tl.trans(tl.dot(tl.trans(v116).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v152)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11986,13 +12859,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v163 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v164 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v154 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v154 + v164)
     v166 = tl.sum((v165), axis=1)
     v167 = (v166 / (D))
     v168 = ((-1.0) * v167)
     v169 = (v165 + v168[:, None])
-    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 2 * HID + 10 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = (2.0 * v68 * v169)
     v171 = tl.sum((v170), axis=1)
     v172 = (v171 / (D))
@@ -12038,7 +12911,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 17 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v94, v106, v68, v75, v85, v110, v112, v117, v115, v119, v113, v114, v118, v165, v100, v143, v155, v156, v130, v138, v162
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 26 * C * BV)  # v19, v20, v58, v59, v136, v52, v53, v102, v63, v60, v64, v86, v108, v109, v116, v167, v144, v169, v170, v173, v176, v177, v135, v214, v216, v105, v93, v118, v119, causal, v155, v93, v98, v101, v103, v99, v105, v94, v106, v68, v75, v76, v85, v110, v112, v117, v115, v119, v113, v114, v118, v145, v154, v165, v100, v143, v155, v156, v130, v138, v162, v183, v184, v188, v195, v196, v206
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -12098,6 +12971,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v129 = tl.sum((v128), axis=0)
     v131 = v129
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (q * v98)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v101)  # park
     v103 = k
@@ -12105,9 +12980,17 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v94)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v105 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -12128,7 +13011,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
@@ -12184,7 +13067,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -12192,24 +13075,28 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v73 = k
     v74 = (v72 + v73)  # memory output M(x)
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (2.0 * v68 * v79[:, None])
+    v76 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v81 = (v76 + v80)
     v82 = ((-1.0) * v81)
     v83 = tl.sum((v82), axis=1)
     v84 = (v83 / (D))
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v98 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -12235,27 +13122,27 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v110 * v111)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = v85
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v99
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     v119 = (v117 * v115)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v113 = v93
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = v94
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     v118 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -12266,11 +13153,11 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v109 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v118)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -12292,7 +13179,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v112 - v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
@@ -12302,34 +13189,45 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v127 = (v126 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v145 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
     v146 = ((-0.5) * v124 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v127[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v127[:, None])))))
     v147 = tl.sum((v146), axis=1)
     v148 = (v147 / (D))
     v149 = (2.0 * v124 * v148[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v145 + v149)
     v151 = ((-1.0) * v150)
     v152 = tl.sum((v151), axis=1)
     v153 = (v152 / (D))
     v154 = (v150 + v153[:, None])
-    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v154)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v165 = (v110 * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v165)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v97 = (v91[:, None] * tl.exp((v96[None, :] - v94)))  # decay from token s to the chunk's end
     v99 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v100 = (v97 * v99)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v103 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = (v100 * v103)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v143)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v154 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-1.0) * v154)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v156 = tl.zeros((C, C), DTYPE)
     v156_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -12348,14 +13246,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v156 += tl.where(tl.arange(0, C)[None, :] == v156_p[:, None], v156_d[:, None], 0.0)
     v156 = v156 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v156)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v100 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v130 = v100
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v130)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v143 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -12367,7 +13265,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v144 = tl.dot(v143.to(DOT_DTYPE), tl.trans(v141).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v144)
     tl.debug_barrier()
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -12383,8 +13281,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v170 = ((-1.0) * v169)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v170)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -12411,14 +13309,14 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v116 = tl.load(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v137 += tl.dot(v116.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v138 = (v130 * v137)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v155 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v155)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v157 = tl.zeros((C, BV), DTYPE)
@@ -12438,12 +13336,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v157_a = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + C * D + v157_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v157 += v157_x * v157_y[:, None] * v157_m[:, None] * tl.exp(tl.minimum(v157_a - v114, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v158 = (v115 * v157)
-    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v138 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v161 = (v138 + v158)
     v162 = v161
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v178 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -12452,37 +13350,55 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v176 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v178 += tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v176).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = (v162 + v178)
     v180 = tl.sum((v179), axis=1)
     v181 = (v180 / (D))
     v182 = ((-1.0) * v181)
     v183 = (v179 + v182[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v183)  # park
     v184 = (2.0 * v79[:, None] * v183)
-    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v184)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v185 = (2.0 * v68 * v183)
     v186 = tl.sum((v185), axis=1)
     v187 = (v186 / (D))
-    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v188 = ((-0.5) * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v188)  # park
     v191 = ((-0.5) * v68 * ln_weight[None, :] * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v194 = (ln_weight[None, :] * v183 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v195 = (v191 + v194)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
     v196 = (ln_weight[None, :] * v195 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v196)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v75 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v189 = (0.75 * v68 * ln_weight[None, :] * v75 * v187[:, None] / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * (tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v190 = tl.sum((v189), axis=1)
+    v183 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v192 = ((-0.5) * ln_weight[None, :] * v75 * v183 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v193 = tl.sum((v192), axis=1)
+    v68 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v197 = ((-0.5) * v68 * ln_weight[None, :] * v195 / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v198 = tl.sum((v197), axis=1)
     v199 = (v190 + v193 + v198)
     v200 = (v199 / (D))
     v201 = (2.0 * v68 * v200[:, None])
+    v184 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v188 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v196 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v202 = (v184 + v188 + v196 + v201)
     v203 = ((-1.0) * v202)
     v204 = tl.sum((v203), axis=1)
     v205 = (v204 / (D))
     v206 = (v202 + v205[:, None])
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v206)  # park
     v216 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -12499,11 +13415,12 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v215 = ((-1.0) * v213 * tl.exp((v58 - v59[:, None])))
         v216 += tl.sum((v215), axis=1)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v139 = (v130 * v117)
     v101 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v156 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v206 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 11 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v234 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -29,7 +29,15 @@ DESCRIPTION = {'spec': 'moneta',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'], ['t', 'h'], ['o', 'h'], ['s', 'h'], ['s', 'o']],
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['o', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'i'],
+                                       ['s', 'i'],
+                                       ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 8.0,
                            'sub_chunks': False},
@@ -50,6 +58,7 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
+                                     ['t', 'o'],
                                      ['t', 'o'],
                                      ['s', 'o'],
                                      ['t', 'i'],
@@ -137,10 +146,19 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
                            'tiles': 31.0,
@@ -183,6 +201,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -221,6 +240,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -257,6 +277,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -302,6 +323,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -310,6 +332,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
@@ -319,6 +342,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 's'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 18.0,
@@ -447,7 +471,10 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 23.5,
                               'sub_chunks': True},
@@ -541,6 +568,7 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -584,11 +612,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -619,12 +651,15 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -634,6 +669,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 17.5,
@@ -663,14 +702,18 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -681,7 +724,12 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
-                                                   ['t', 'o']],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 17.5,
                                        'sub_chunks': True},
@@ -701,6 +749,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
@@ -737,16 +787,20 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -758,6 +812,10 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'o'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
@@ -776,6 +834,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'i'],
@@ -816,6 +875,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
@@ -831,6 +891,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
+                                                 ['t', 's'],
                                                  ['t', 'o']],
                                      'value_blocks': 'none',
                                      'tiles': 16.5,
@@ -851,6 +912,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['s', 'i'],
                                                  ['s', 'i'],
@@ -868,6 +931,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['h', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o']],
                                       'value_blocks': 'none',
                                       'tiles': 9.5,
@@ -889,6 +954,8 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
@@ -990,6 +1057,7 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
@@ -1195,7 +1263,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + C * BV)  # v22, v23, v21, v63, v72
+        scratch = scratch_ptr + slot * (3 * C * HID + BV * HID + 3 * C * BV + 2 * C * D)  # v22, v23, v21, v63, v27, v45, v53, v65, v72
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1236,6 +1304,7 @@ def chunk_state_fwd_kernel(
         v25 = tl.sum((v24), axis=1)
         v26 = (v25 / (D))
         v27 = (v24 - v26[:, None])
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :], v27)  # park
         v28 = (v27 * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
@@ -1245,6 +1314,8 @@ def chunk_state_fwd_kernel(
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v34 = (v33 - v)
         v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+        tl.debug_barrier()  # parked tiles other threads stored
+        v27 = tl.load(scratch + 3 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
         v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
         v38 = tl.sum((v37), axis=1)
         v39 = (v38 / (D))
@@ -1255,10 +1326,12 @@ def chunk_state_fwd_kernel(
         v43 = tl.sum((v42), axis=1)
         v44 = (v43 / (D))
         v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+        tl.store(scratch + 3 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
         v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v53 = tl.cumsum(v52, axis=0, reverse=False)
+        tl.store(scratch + 3 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v53)  # park
         v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v56 = tl.sum((v55), axis=0)
         v54 = v53
@@ -1268,14 +1341,20 @@ def chunk_state_fwd_kernel(
         v60 = (v57 * v59)
         v61 = k
         v65 = (v60 * v61)
+        tl.store(scratch + 3 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v53 = tl.load(scratch + 3 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v58 = tl.exp(v53)  # cumulative decay in the chunk
         v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v68 = tl.sum((v67), axis=0)
+        v45 = tl.load(scratch + 3 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v64 = v45
         v71 = v60
         v72 = (v71 * v64)
-        tl.store(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+        tl.store(scratch + 3 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v72)  # park
         v74 = v68
+        tl.debug_barrier()  # parked tiles other threads stored
+        v65 = tl.load(scratch + 3 * C * HID + BV * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1295,7 +1374,7 @@ def chunk_state_fwd_kernel(
             v63 = v23
             tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
         tl.debug_barrier()
-        v72 = tl.load(scratch + 3 * C * HID + BV * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 3 * C * HID + BV * HID + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1345,7 +1424,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, v74, v61, v91, v92, causal, v53, v90, v61, v62, v67, v68, v66, v72, v92, v86, v87, v93, v83, v94, v95
+    scratch = scratch_ptr + slot * (2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v77, v81, v74, v61, v91, v92, causal, v35, v53, v90, v61, v62, v67, v68, v66, v72, v92, v86, v87, v93, v83, v94, v95
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1387,6 +1466,7 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -1396,6 +1476,8 @@ def chunk_out_fwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -1406,28 +1488,31 @@ def chunk_out_fwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v113 = v68
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = (v113 * v90)
+    v61 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v109 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v110 = tl.sum((v109), axis=0)
     v116 = v110
@@ -1449,11 +1534,11 @@ def chunk_out_fwd_kernel(
     v126 = (v125 / (D * HID))
     v127 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v126)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v68 * v72)
-    v53 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v120 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1503,11 +1588,11 @@ def chunk_out_fwd_kernel(
     v142 = (ln_bias + (v138 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141))))))
     v143 = v130
     v144 = (v142 + v143)  # memory output M(x)
-    v67 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1528,7 +1613,7 @@ def chunk_out_fwd_kernel(
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
     v23 = tl.zeros((), DTYPE)
@@ -1546,19 +1631,19 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1574,9 +1659,9 @@ def chunk_out_fwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1598,12 +1683,12 @@ def chunk_out_fwd_kernel(
         v93_b = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1612,11 +1697,11 @@ def chunk_out_fwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1627,9 +1712,9 @@ def chunk_out_fwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1638,7 +1723,7 @@ def chunk_out_fwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -1691,7 +1776,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v76, v77, v80, v81, v193, v202, v212, v214, v220, v223, v161, v173, v174, v255, v178, v260, v278, v256, v270, v74, v61, v91, v92, causal, v198, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v192, v195, v198, v199, v208, v225, v177, v254
+        scratch = scratch_ptr + slot * (6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 33 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v179, v182, v76, v77, v80, v81, v193, v202, v212, v214, v220, v223, v161, v173, v174, v255, v178, v260, v278, v256, v270, v74, v61, v91, v92, causal, v198, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v100, v145, v187, v192, v195, v198, v199, v208, v225, v177, v230, v238, v243, v249, v244, v231, v254
         v12 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1745,6 +1830,8 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
         v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v35 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v46 = tl.sum((v45), axis=1)
         v47 = (v46 / (D))
@@ -1775,8 +1862,12 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
         v110 = v68
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v90 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v111 = (v110 * v90)
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v61 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v66 = tl.exp(v61)  # cumulative decay in the chunk
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
         v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -1923,6 +2014,7 @@ def chunk_state_bwd_kernel(
         v70 = (q * v69)
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
         tl.debug_barrier()  # parked tiles other threads stored
+        v75 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v104 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2057,25 +2149,33 @@ def chunk_state_bwd_kernel(
         v98 = tl.sum((v97), axis=1)
         v99 = (v98 / (D))
         v100 = (v97 - v99[:, None])
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
         v101 = (v100 * v100)
         v102 = tl.sum((v101), axis=1)
         v103 = (v102 / (D))
         v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v100 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v184 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
         v185 = tl.sum((v184), axis=1)
         v186 = (v185 / (D))
         v187 = (2.0 * v100 * v186[:, None])
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v187)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v145 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v183 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+        v187 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v188 = (v183 + v187)
         v189 = ((-1.0) * v188)
         v190 = tl.sum((v189), axis=1)
         v191 = (v190 / (D))
         v192 = (v188 + v191[:, None])
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
         v195 = (v29 * v192)
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v195)  # park
         v198 = ((-1.0) * v195)
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v198)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v198)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v86 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v87 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -2098,14 +2198,15 @@ def chunk_state_bwd_kernel(
             v199 += tl.where(tl.arange(0, C)[None, :] == v199_p[:, None], v199_d[:, None], 0.0)
         v199 = v199 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :], v199)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 23 * C * BV + offs_t[:, None] * C + offs_s[None, :], v199)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v83 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v195 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v195 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v208 = (v83 * v195)
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v208)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v208)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v199 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 23 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2117,7 +2218,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 4 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v202)
         tl.debug_barrier()
         v75 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2160,7 +2261,7 @@ def chunk_state_bwd_kernel(
             v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
             v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
         tl.debug_barrier()
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v225)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v225)  # park
         v164_c0 = (tl.sqrt(v123))
         v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
         v165 = (v164 / (D * HID))
@@ -2181,12 +2282,12 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()
         v110 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v177 = (v110 * v176)
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :], v177)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_s[:, None] * D + offs_o[None, :], v177)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v86 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v87 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v91 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v198 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v198 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v198)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v200 = tl.zeros((C, BV), DTYPE)
@@ -2208,45 +2309,68 @@ def chunk_state_bwd_kernel(
         tl.debug_barrier()  # every slice read before the slots are written again
         v88 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v201 = (v88 * v200)
-        v177 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v177 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v204 = (v177 + v201)
         v205 = v204
-        v225 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v225 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v226 = (v205 + v225)
         v227 = tl.sum((v226), axis=1)
         v228 = (v227 / (D))
         v229 = ((-1.0) * v228)
         v230 = (v226 + v229[:, None])
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v230)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         v35 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v232 = (2.0 * v35 * v230)
         v233 = tl.sum((v232), axis=1)
         v234 = (v233 / (D))
         v238 = ((-0.5) * v35 * ln_weight[None, :] * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 27 * C * BV + offs_t[:, None] * D + offs_o[None, :], v238)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v230 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v241 = (ln_weight[None, :] * v230 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+        v238 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 27 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v242 = (v238 + v241)
         v42 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v243_c0 = (v42 * v42)
         v243_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v243_c0)))
         v243 = (v242 * ((3.0 * v243_c1) + (3.0 * v243_c0 / (v243_c1))))
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 28 * C * BV + offs_t[:, None] * D + offs_o[None, :], v243)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v35 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v245 = ((-0.5) * v35 * ln_weight[None, :] * v243 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v246 = tl.sum((v245), axis=1)
         v43 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v236 = (0.75 * v35 * ln_weight[None, :] * v43 * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v237 = tl.sum((v236), axis=1)
+        v230 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v239 = ((-0.5) * ln_weight[None, :] * v43 * v230 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
         v240 = tl.sum((v239), axis=1)
         v247 = (v237 + v240 + v246)
         v248 = (v247 / (D))
+        v35 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v249 = (2.0 * v35 * v248[:, None])
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 29 * C * BV + offs_t[:, None] * D + offs_o[None, :], v249)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v243 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 28 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v244 = (ln_weight[None, :] * v243 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 30 * C * BV + offs_t[:, None] * D + offs_o[None, :], v244)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v230 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v231 = (2.0 * v47[:, None] * v230)
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 31 * C * BV + offs_t[:, None] * D + offs_o[None, :], v231)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v43 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v235 = ((-0.5) * ln_weight[None, :] * v43 * v234[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+        v231 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 31 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v244 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 30 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v249 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 29 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v250 = (v231 + v235 + v244 + v249)
         v251 = ((-1.0) * v250)
         v252 = tl.sum((v251), axis=1)
         v253 = (v252 / (D))
         v254 = (v250 + v253[:, None])
-        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v254)  # park
+        tl.store(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 32 * C * BV + offs_t[:, None] * D + offs_o[None, :], v254)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v111 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2259,7 +2383,7 @@ def chunk_state_bwd_kernel(
             v178 = tl.dot(v111.to(DOT_DTYPE), v174.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 4 * HID * D + 17 * C * HID + 6 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v178)
         tl.debug_barrier()
-        v199 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v199 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 23 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2311,12 +2435,12 @@ def chunk_state_bwd_kernel(
         v265 = (3.0 * v14 * v216)
         v267 = (v265 / (HID * D))
         v94 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v196 = (v94 * v192)
         v197 = tl.sum(tl.sum((v196), axis=1), axis=0)
         v262 = (3.0 * v28 * v197)
         v70 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v254 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v254 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 32 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2336,7 +2460,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 6 * HID * D + 18 * C * HID + 6 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v256)
         tl.debug_barrier()
         v53 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v192 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v272 = tl.zeros((), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -2360,7 +2484,7 @@ def chunk_state_bwd_kernel(
         v275 = (v274 / (D * HID))
         v261 = (3.0 * v20 * v197)
         v263 = (v261 / (D * HID))
-        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v208 = tl.load(scratch + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -2672,7 +2796,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v35, v53, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2714,6 +2838,7 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -2723,6 +2848,8 @@ def chunk_grad_q_2_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -2733,19 +2860,19 @@ def chunk_grad_q_2_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2767,12 +2894,12 @@ def chunk_grad_q_2_bwd_kernel(
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2785,7 +2912,7 @@ def chunk_grad_q_2_bwd_kernel(
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2800,20 +2927,20 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2832,9 +2959,9 @@ def chunk_grad_q_2_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2856,12 +2983,12 @@ def chunk_grad_q_2_bwd_kernel(
         v86_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2870,11 +2997,11 @@ def chunk_grad_q_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2885,9 +3012,9 @@ def chunk_grad_q_2_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2896,7 +3023,7 @@ def chunk_grad_q_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -2916,14 +3043,14 @@ def chunk_grad_q_2_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2942,12 +3069,12 @@ def chunk_grad_q_2_bwd_kernel(
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2958,7 +3085,7 @@ def chunk_grad_q_2_bwd_kernel(
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
     tl.debug_barrier()
-    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3011,7 +3138,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v35, v53, v61, v67, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3053,6 +3180,7 @@ def chunk_grad_q_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -3062,6 +3190,8 @@ def chunk_grad_q_3_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -3072,20 +3202,20 @@ def chunk_grad_q_3_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3107,12 +3237,12 @@ def chunk_grad_q_3_bwd_kernel(
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
     v63 = (q * v62)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3126,7 +3256,7 @@ def chunk_grad_q_3_bwd_kernel(
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3141,20 +3271,20 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3173,9 +3303,9 @@ def chunk_grad_q_3_bwd_kernel(
         tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3197,12 +3327,12 @@ def chunk_grad_q_3_bwd_kernel(
         v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3211,11 +3341,11 @@ def chunk_grad_q_3_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3226,9 +3356,9 @@ def chunk_grad_q_3_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3237,7 +3367,7 @@ def chunk_grad_q_3_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -3257,14 +3387,14 @@ def chunk_grad_q_3_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3283,12 +3413,12 @@ def chunk_grad_q_3_bwd_kernel(
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3299,7 +3429,7 @@ def chunk_grad_q_3_bwd_kernel(
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
     tl.debug_barrier()
-    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3316,9 +3446,9 @@ def chunk_grad_q_3_bwd_kernel(
         v122 = ((-1.0) * v121)
         v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v124 = tl.zeros((C, D), DTYPE)
@@ -3376,7 +3506,7 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v62, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v35, v53, v61, v58, v59, v60, v62, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3418,6 +3548,7 @@ def chunk_grad_q_4_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -3427,6 +3558,8 @@ def chunk_grad_q_4_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -3437,19 +3570,19 @@ def chunk_grad_q_4_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v65 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v61 = gate_eta
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v67 = (v65 * v61)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
     v59 = v58
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3471,13 +3604,13 @@ def chunk_grad_q_4_bwd_kernel(
     v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v62 = ((-1.0) + v60)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v62)  # park
     v63 = (q * v62)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3490,7 +3623,7 @@ def chunk_grad_q_4_bwd_kernel(
         v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3505,20 +3638,20 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = v53
-    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = v61
     v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v79 = v58
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v80 = v59
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3537,9 +3670,9 @@ def chunk_grad_q_4_bwd_kernel(
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
         v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
     tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3561,12 +3694,12 @@ def chunk_grad_q_4_bwd_kernel(
         v86_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = v60
     v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     v77 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3575,11 +3708,11 @@ def chunk_grad_q_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3590,9 +3723,9 @@ def chunk_grad_q_4_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     v89 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3601,7 +3734,7 @@ def chunk_grad_q_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = (v89 + v88)
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
@@ -3621,14 +3754,14 @@ def chunk_grad_q_4_bwd_kernel(
     v109 = tl.sum((v108), axis=1)
     v110 = (v109 / (D))
     v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3647,12 +3780,12 @@ def chunk_grad_q_4_bwd_kernel(
         v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v76 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v76 * v113)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v111 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3663,7 +3796,7 @@ def chunk_grad_q_4_bwd_kernel(
         v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
     tl.debug_barrier()
-    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 8 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v122 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3679,7 +3812,7 @@ def chunk_grad_q_4_bwd_kernel(
         v121 = (v25 * v120)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v122 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v123 = (v62 * v122)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v123.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3719,7 +3852,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, v180, v184, v74, v61, v91, v92, causal, v191, q, v53, v90, v61, v62, v67, v68, v66, v72, v169, v92, v86, v87, v93, v83, v94, v95, v179, v181, v185
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 5 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v160, v77, v80, v81, v180, v184, v74, v61, v91, v92, causal, v191, q, v35, v53, v90, v61, v62, v67, v68, v66, v72, v169, v75, v92, v86, v87, v93, v83, v94, v95, v179, v181, v183, v185
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3761,6 +3894,7 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
@@ -3770,6 +3904,8 @@ def chunk_grad_k_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -3780,28 +3916,31 @@ def chunk_grad_k_0_bwd_kernel(
     v51 = tl.sum((v50), axis=1)
     v52 = (v51 / (D))
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v107 = tl.sum((v106), axis=0)
     v113 = v107
@@ -3823,11 +3962,11 @@ def chunk_grad_k_0_bwd_kernel(
     v123 = (v122 / (D * HID))
     v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     v72 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3922,15 +4061,15 @@ def chunk_grad_k_0_bwd_kernel(
         v167 = ((-1.0) * v166)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v168 += tl.dot(v73.to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v169 = (v68 * v168)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v169)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v169)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3951,9 +4090,12 @@ def chunk_grad_k_0_bwd_kernel(
         v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) + v66)
     v70 = (q * v69)
+    v75 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3969,19 +4111,19 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3998,9 +4140,9 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4022,12 +4164,12 @@ def chunk_grad_k_0_bwd_kernel(
         v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v66
     v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4036,11 +4178,11 @@ def chunk_grad_k_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4051,9 +4193,9 @@ def chunk_grad_k_0_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4062,7 +4204,7 @@ def chunk_grad_k_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v96 + v95)
     v98 = tl.sum((v97), axis=1)
     v99 = (v98 / (D))
@@ -4081,14 +4223,14 @@ def chunk_grad_k_0_bwd_kernel(
     v177 = tl.sum((v176), axis=1)
     v178 = (v177 / (D))
     v179 = (v175 + v178[:, None])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
     v181 = (v29 * v179)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v181)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v181)  # park
     v182 = ((-1.0) * v181)
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v183 = tl.zeros((C, C), DTYPE)
     v183_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4107,12 +4249,15 @@ def chunk_grad_k_0_bwd_kernel(
         v183 += tl.where(tl.arange(0, C)[None, :] == v183_p[:, None], v183_d[:, None], 0.0)
     v183 = v183 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v185 = (v83 * v181)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v185)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v183)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v179 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v185 = (v83 * v181)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v185)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v179 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v183 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4123,7 +4268,7 @@ def chunk_grad_k_0_bwd_kernel(
         v184 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v183).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v184)
     tl.debug_barrier()
-    v185 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v185 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v191 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4140,8 +4285,8 @@ def chunk_grad_k_0_bwd_kernel(
         v190 = ((-1.0) * v189)
         v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v191 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v190).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v191)
     tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4162,9 +4307,9 @@ def chunk_grad_k_0_bwd_kernel(
         v192_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v192_p[:, None] * D + tl.arange(0, D)[None, :])
         v192 += v192_x[:, None] * v192_y * v192_m[:, None] * tl.exp(tl.minimum(v192_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v193 = (v67 * v192)
-    v169 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v194 = (v169 + v193)
     v195 = v194
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v195.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -4258,6 +4403,8 @@ def chunk_grad_k_1_bwd_kernel(
     v42 = (v41 - v)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -4288,7 +4435,10 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -4434,6 +4584,7 @@ def chunk_grad_k_1_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4770,7 +4921,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v76, v77, v80, v81, v191, v197, v211, v213, v161, v174, v244, v177, v74, v61, v91, v92, causal, v193, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v190, v192, v193, v194, v203, v214, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 26 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v54, v73, v109, v129, v130, v167, v180, v76, v77, v80, v81, v191, v197, v211, v213, v161, v174, v244, v177, v74, v61, v91, v92, causal, v193, v35, v42, v43, v53, v90, v61, v62, v67, v68, v110, v111, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v190, v192, v193, v194, v203, v214, v176, v219, v232, v238
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4824,6 +4975,8 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -4854,8 +5007,12 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -5002,6 +5159,7 @@ def chunk_grad_k_2_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5292,6 +5450,8 @@ def chunk_grad_k_2_bwd_kernel(
     v217 = (v216 / (D))
     v218 = ((-1.0) * v217)
     v219 = (v215 + v218[:, None])
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v219)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v221 = (2.0 * v35 * v219)
     v222 = tl.sum((v221), axis=1)
@@ -5303,19 +5463,26 @@ def chunk_grad_k_2_bwd_kernel(
     v232_c0 = (v42 * v42)
     v232_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v232_c0)))
     v232 = (v231 * ((3.0 * v232_c1) + (3.0 * v232_c0 / (v232_c1))))
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v232)  # park
     v234 = ((-0.5) * v35 * ln_weight[None, :] * v232 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v235 = tl.sum((v234), axis=1)
+    tl.debug_barrier()  # parked tiles other threads stored
     v43 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v225 = (0.75 * v35 * ln_weight[None, :] * v43 * v223[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * (tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v226 = tl.sum((v225), axis=1)
+    v219 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v228 = ((-0.5) * ln_weight[None, :] * v43 * v219 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v229 = tl.sum((v228), axis=1)
     v236 = (v226 + v229 + v235)
     v237 = (v236 / (D))
     v238 = (2.0 * v35 * v237[:, None])
+    tl.store(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v238)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v232 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v233 = (ln_weight[None, :] * v232 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v220 = (2.0 * v47[:, None] * v219)
     v224 = ((-0.5) * ln_weight[None, :] * v43 * v223[:, None] / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v238 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 5 * BV * HID + 2 * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v239 = (v220 + v224 + v233 + v238)
     v240 = ((-1.0) * v239)
     v241 = tl.sum((v240), axis=1)
@@ -5448,6 +5615,8 @@ def chunk_grad_v_0_bwd_kernel(
     v42 = (v41 - v)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -5478,7 +5647,10 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -5624,6 +5796,7 @@ def chunk_grad_v_0_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5958,3989 +6131,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v90 = v53
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
-    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
-    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
-    v110 = v68
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
-    v111 = (v110 * v90)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v107 = tl.sum((v106), axis=0)
-    v113 = v107
-    v122 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
-        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v114 = (v113[:, None] * w2)
-        v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
-        v121 = (v115 * v115 * v115 * v115)
-        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
-    tl.debug_barrier()
-    v123 = (v122 / (D * HID))
-    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v72 = k
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
-        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v108 = (v107[None, :] * w1)
-        v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
-        v116 = (v109 * v109 * v109 * v109)
-        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
-    tl.debug_barrier()
-    v118 = (v117 / (HID * D))
-    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v127 = tl.sum((v126), axis=0)
-    v132 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v128 = (v120 * v127[None, :])
-        v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
-        v130_c0 = (0.5 * v129)
-        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v131 = (v125 * v130[None, :])
-        v132 += tl.sum((v131), axis=1)
-    tl.debug_barrier()
-    v133 = tl.sum((v132), axis=0)
-    v134 = (v133 / (D))
-    v135 = (v132 - v134)
-    v136 = (v135 * v135)
-    v137 = tl.sum((v136), axis=0)
-    v138 = (v137 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v144 = tl.sum((v143), axis=0)
-    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v148 = tl.sum((v147), axis=0)
-    v149 = (v148 / (D))
-    v150 = (2.0 * v135 * v149)
-    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v151 = (v146 + v150)
-    v152 = ((-1.0) * v151)
-    v153 = tl.sum((v152), axis=0)
-    v154 = (v153 / (D))
-    v155 = (v151 + v154)
-    v169 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v156 = (v125 * v155[:, None])
-        v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
-        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
-        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
-        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
-        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
-    tl.debug_barrier()
-    v170_c0 = (tl.sqrt(v118))
-    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
-    v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
-    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
-    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v172 = (4.0 * v171 * (v109 * v109 * v109))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v177 = (d_new_w1 + v167 + v172)
-        v178 = ((-1.0) * v177)
-        v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = v67
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v86 = v61
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v87 = v62
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    v91 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v77 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
-    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
-    v84 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
-    v96 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
-    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v181 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v182 = tl.sum((v181), axis=1)
-    v183 = (v182 / (D))
-    v184 = (2.0 * v100 * v183[:, None])
-    v180 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v185 = (v180 + v184)
-    v186 = ((-1.0) * v185)
-    v187 = tl.sum((v186), axis=1)
-    v188 = (v187 / (D))
-    v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
-    v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
-    v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v193 = tl.zeros((C, C), DTYPE)
-    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v193_xA = v192 * v193_A
-    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
-        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
-    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v199 = (v83 * v191)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
-    tl.debug_barrier()
-    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v203 = (v25 * v202)
-        v204 = ((-1.0) * v203)
-        v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v206 = (v179 + v205)
-        v207 = v206
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
-    tl.debug_barrier()
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
-        v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
-        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
-        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
-    v164_c0 = (tl.sqrt(v123))
-    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
-    v165 = (v164 / (D * HID))
-    v175 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = (4.0 * v165 * (v115 * v115 * v115))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v173 = (d_new_w2 + v161 + v166)
-        v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v194 = tl.zeros((C, BV), DTYPE)
-    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
-    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
-        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v197 = (v176 + v195)
-    v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v210 = (v198 + v209)
-    v211 = tl.sum((v210), axis=1)
-    v212 = (v211 / (D))
-    v213 = ((-1.0) * v212)
-    v214 = (v210 + v213[:, None])
-    v215 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v216_c0 = (v42 * v42)
-    v216_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v216_c0)))
-    v216 = (v215 * ((3.0 * v216_c1) + (3.0 * v216_c0 / (v216_c1))))
-    v217 = ((-1.0) * v216)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v217.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `gate_alpha`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 9 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v53, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v65 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    v67 = (v65 * v61)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    v59 = v58
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = q * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
-        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
-    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v55
-        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = v53
-    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = v61
-    v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = v58
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = v59
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v84 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v73 = (v72 + v71)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 = v31
-        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, BV), DTYPE)
-    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = v86 * v86_A
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    v89 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v90 = (v89 + v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = (v90 - v92[:, None])
-    v94 = (v93 * v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = (2.0 * v93 * v105[:, None])
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v107 = (v102 + v106)
-    v108 = ((-1.0) * v107)
-    v109 = tl.sum((v108), axis=1)
-    v110 = (v109 / (D))
-    v111 = (v107 + v110[:, None])
-    v112 = (v29 * v111)
-    v113 = ((-1.0) * v112)
-    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = (v113 * v86)
-    v115 = v114
-    v116 = tl.cumsum(v115, axis=0, reverse=True)
-    v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_alpha`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v53, v61, v67, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v65 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    v67 = (v65 * v61)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    v59 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = q * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
-        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
-    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v55
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = v53
-    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = v61
-    v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = v59
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v84 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 = v31
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
-        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, BV), DTYPE)
-    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = v86 * v86_A
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    v89 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v90 = (v89 + v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = (v90 - v92[:, None])
-    v94 = (v93 * v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = (2.0 * v93 * v105[:, None])
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v107 = (v102 + v106)
-    v108 = ((-1.0) * v107)
-    v109 = tl.sum((v108), axis=1)
-    v110 = (v109 / (D))
-    v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
-    v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
-    v114 = ((-1.0) * v113)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v115 = tl.zeros((C, C), DTYPE)
-    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v115_xA = v114 * v115_A
-    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
-        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
-    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = (v76 * v113)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
-        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
-    tl.debug_barrier()
-    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
-        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v121 = (v25 * v120)
-        v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v124 = tl.zeros((C, D), DTYPE)
-    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v124 = v124 * v124_A
-    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v124_p = v124_r + v124_j
-        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
-        v124_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124 += v124_x * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v125 = (q * v124)
-    v126 = tl.cumsum(v125, axis=0, reverse=True)
-    v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `gate_alpha`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v196, v74, v61, v91, v92, causal, v53, v90, v61, v62, v67, v68, v66, v72, v181, v92, v86, v87, v93, v83, v84, v94, v95, v191, v193, v197
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v90 = v53
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
-    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
-    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
-    v110 = v68
-    v111 = (v110 * v90)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v107 = tl.sum((v106), axis=0)
-    v113 = v107
-    v122 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
-        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v114 = (v113[:, None] * w2)
-        v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
-        v121 = (v115 * v115 * v115 * v115)
-        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
-    tl.debug_barrier()
-    v123 = (v122 / (D * HID))
-    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v72 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
-        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v108 = (v107[None, :] * w1)
-        v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
-        v116 = (v109 * v109 * v109 * v109)
-        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
-    tl.debug_barrier()
-    v118 = (v117 / (HID * D))
-    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v127 = tl.sum((v126), axis=0)
-    v132 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v128 = (v120 * v127[None, :])
-        v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
-        v130_c0 = (0.5 * v129)
-        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v131 = (v125 * v130[None, :])
-        v132 += tl.sum((v131), axis=1)
-    tl.debug_barrier()
-    v133 = tl.sum((v132), axis=0)
-    v134 = (v133 / (D))
-    v135 = (v132 - v134)
-    v136 = (v135 * v135)
-    v137 = tl.sum((v136), axis=0)
-    v138 = (v137 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v144 = tl.sum((v143), axis=0)
-    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v148 = tl.sum((v147), axis=0)
-    v149 = (v148 / (D))
-    v150 = (2.0 * v135 * v149)
-    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v151 = (v146 + v150)
-    v152 = ((-1.0) * v151)
-    v153 = tl.sum((v152), axis=0)
-    v154 = (v153 / (D))
-    v155 = (v151 + v154)
-    v163 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
-        v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
-        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
-        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
-    tl.debug_barrier()
-    v164_c0 = (tl.sqrt(v123))
-    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
-    v165 = (v164 / (D * HID))
-    v175 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = (4.0 * v165 * (v115 * v115 * v115))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v173 = (d_new_w2 + v161 + v166)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v174 = (w2 * v173)
-        v175 += tl.sum((v174), axis=1)
-    v176 = v175
-    v169 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v156 = (v125 * v155[:, None])
-        v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
-        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
-        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
-        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
-        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
-    tl.debug_barrier()
-    v170_c0 = (tl.sqrt(v118))
-    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
-    v171 = (v170 / (HID * D))
-    v179 = tl.zeros((D,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v172 = (4.0 * v171 * (v109 * v109 * v109))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v177 = (d_new_w1 + v167 + v172)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v178 = (w1 * v177)
-        v179 += tl.sum((v178), axis=0)
-    v180 = (v176 + v179)
-    v181 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v181)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
-    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
-    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v86 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v87 = v62
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    v91 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v77 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
-    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
-    v84 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
-    v96 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
-    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v183 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v184 = tl.sum((v183), axis=1)
-    v185 = (v184 / (D))
-    v186 = (2.0 * v100 * v185[:, None])
-    v182 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v187 = (v182 + v186)
-    v188 = ((-1.0) * v187)
-    v189 = tl.sum((v188), axis=1)
-    v190 = (v189 / (D))
-    v191 = (v187 + v190[:, None])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
-    v193 = (v29 * v191)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
-    v194 = ((-1.0) * v193)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v195 = tl.zeros((C, C), DTYPE)
-    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v195_xA = v194 * v195_A
-    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v195_p = v195_r + v195_j
-        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
-        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
-    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v197 = (v83 * v193)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
-    tl.debug_barrier()
-    v197 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v204 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v196 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v201 = (v192 + v196 + v198)
-        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v203 = (v25 * v202)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v204 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v205 = (q * v204)
-    v84 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v199 = (v193 * v84)
-    v200 = v199
-    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v206 = (v181 + v200 + v205)
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v207 = (v206 * tl.exp(v61))
-    v208 = tl.cumsum(v207, axis=0, reverse=True)
-    v209 = (v208 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v209.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_alpha_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 3 of the gradient of one chunk's `gate_alpha`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 6 * C * D + 2 * C * BV)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127, v53, v54, v59, v45, v64, v60, v61, v137
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v53 = tl.cumsum(v52, axis=0, reverse=False)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v56 = tl.sum((v55), axis=0)
-    v54 = v53
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v54)  # park
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v59 = gate_eta
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
-        v23_c0 = (0.5 * v22)
-        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v25 = tl.sum((v24), axis=1)
-    v26 = (v25 / (D))
-    v27 = (v24 - v26[:, None])
-    v28 = (v27 * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
-    v32 = k
-    v33 = (v31 + v32)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v34 = (v33 - v)
-    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
-    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v38 = tl.sum((v37), axis=1)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v27 * v39[:, None])
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v45)  # park
-    v64 = v45
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v58 = tl.exp(v53)  # cumulative decay in the chunk
-    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v68 = tl.sum((v67), axis=0)
-    v74 = v68
-    v54 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
-    v59 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v60 = (v57 * v59)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v60)  # park
-    v71 = v60
-    v72 = (v71 * v64)
-    v83 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v63 = v23
-        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = (v74[:, None] * w2)
-        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
-        v82 = (v76 * v76 * v76 * v76)
-        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
-    tl.debug_barrier()
-    v84 = (v83 / (D * HID))
-    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v61 = k
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v65 = (v60 * v61)
-    v45 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
-        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v62 = v47
-        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
-        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
-        v77 = (v70 * v70 * v70 * v70)
-        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
-    tl.debug_barrier()
-    v79 = (v78 / (HID * D))
-    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v88 = tl.sum((v87), axis=0)
-    v93 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        v89 = (v81 * v88[None, :])
-        v90 = tl.sum((v89), axis=1)
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
-        v91_c0 = (0.5 * v90)
-        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
-        v92 = (v86 * v91[None, :])
-        v93 += tl.sum((v92), axis=1)
-    tl.debug_barrier()
-    v94 = tl.sum((v93), axis=0)
-    v95 = (v94 / (D))
-    v96 = (v93 - v95)
-    v97 = (v96 * v96)
-    v98 = tl.sum((v97), axis=0)
-    v99 = (v98 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v105 = tl.sum((v104), axis=0)
-    v106 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-    v107 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-    v108 = tl.sum((v107), axis=0)
-    v109 = (v108 / (D))
-    v110 = (2.0 * v96 * v109)
-    v111 = (v106 + v110)
-    v112 = ((-1.0) * v111)
-    v113 = tl.sum((v112), axis=0)
-    v114 = (v113 / (D))
-    v115 = (v111 + v114)
-    v123 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
-        v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
-        v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
-        v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
-    tl.debug_barrier()
-    v124_c0 = (tl.sqrt(v84))
-    v124 = ((-0.5) * v123 / (v124_c0 * ((tl.full((), 1e-06, DTYPE) + v124_c0) * (tl.full((), 1e-06, DTYPE) + v124_c0))))
-    v125 = (v124 / (D * HID))
-    v135 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v126 = (4.0 * v125 * (v76 * v76 * v76))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v133 = (d_new_w2 + v121 + v126)
-        v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v136 = (v64 * v135)
-    v137 = v136
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v137)  # park
-    v129 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = (v86 * v115[:, None])
-        v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
-        v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
-        v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
-        v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
-        v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
-    tl.debug_barrier()
-    v130_c0 = (tl.sqrt(v79))
-    v130 = ((-0.5) * v129 / (v130_c0 * ((tl.full((), 1e-06, DTYPE) + v130_c0) * (tl.full((), 1e-06, DTYPE) + v130_c0))))
-    v131 = (v130 / (HID * D))
-    v140 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v132 = (4.0 * v131 * (v70 * v70 * v70))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v138 = (d_new_w1 + v127 + v132)
-        v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v141 = (v61 * v140)
-    v137 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v142 = (v137 + v141)
-    v59 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v143 = (v59 * v142)
-    v54 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v144 = (v51[:, None] * v143 * tl.exp((v56[None, :] - v54)))
-    v145 = tl.sum((v144), axis=0)
-    v146 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v145[None, :])
-    v147 = tl.cumsum(v146, axis=0, reverse=True)
-    v148 = (v147 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_alpha_4_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 4 of the gradient of one chunk's `gate_alpha`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 15 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v198, v74, v61, v91, v92, causal, q, v206, v194, v53, v90, v61, v62, v67, v68, v66, v72, v177, v211, v74, v92, v86, v87, v91, v93, v83, v94, v95, v191, v193, v194, v200, v208
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v90 = v53
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
-    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
-    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
-    v110 = v68
-    v111 = (v110 * v90)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v107 = tl.sum((v106), axis=0)
-    v113 = v107
-    v122 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
-        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v114 = (v113[:, None] * w2)
-        v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
-        v121 = (v115 * v115 * v115 * v115)
-        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
-    tl.debug_barrier()
-    v123 = (v122 / (D * HID))
-    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v72 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v68 * v72)
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
-        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v108 = (v107[None, :] * w1)
-        v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
-        v116 = (v109 * v109 * v109 * v109)
-        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
-    tl.debug_barrier()
-    v118 = (v117 / (HID * D))
-    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v127 = tl.sum((v126), axis=0)
-    v132 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v128 = (v120 * v127[None, :])
-        v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
-        v130_c0 = (0.5 * v129)
-        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v131 = (v125 * v130[None, :])
-        v132 += tl.sum((v131), axis=1)
-    tl.debug_barrier()
-    v133 = tl.sum((v132), axis=0)
-    v134 = (v133 / (D))
-    v135 = (v132 - v134)
-    v136 = (v135 * v135)
-    v137 = tl.sum((v136), axis=0)
-    v138 = (v137 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v144 = tl.sum((v143), axis=0)
-    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v148 = tl.sum((v147), axis=0)
-    v149 = (v148 / (D))
-    v150 = (2.0 * v135 * v149)
-    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v151 = (v146 + v150)
-    v152 = ((-1.0) * v151)
-    v153 = tl.sum((v152), axis=0)
-    v154 = (v153 / (D))
-    v155 = (v151 + v154)
-    v163 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
-        v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
-        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
-        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
-    tl.debug_barrier()
-    v164_c0 = (tl.sqrt(v123))
-    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
-    v165 = (v164 / (D * HID))
-    v175 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = (4.0 * v165 * (v115 * v115 * v115))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v173 = (d_new_w2 + v161 + v166)
-        v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v176 = (v90 * v175)
-    v177 = v176
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v177)  # park
-    v169 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v156 = (v125 * v155[:, None])
-        v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
-        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
-        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
-        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
-        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
-    tl.debug_barrier()
-    v170_c0 = (tl.sqrt(v118))
-    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
-    v171 = (v170 / (HID * D))
-    v180 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v172 = (4.0 * v171 * (v109 * v109 * v109))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v178 = (d_new_w1 + v167 + v172)
-        v179 = ((-1.0) * v178)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v180 += tl.dot(v73.to(DOT_DTYPE), v179.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v181 = (v72 * v180)
-    v177 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v209 = (v177 + v181)
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v210 = (v67 * v209)
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v211 = ((-1.0) * v59[:, None] * v210 * tl.exp((v64[None, :] - v62)))
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v211)  # park
-    v74 = (v72 * v67)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v74)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
-    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
-    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = v67
-    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v86 = v61
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v87 = v62
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    v91 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v77 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
-    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
-    v84 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
-    v96 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
-    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v183 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v184 = tl.sum((v183), axis=1)
-    v185 = (v184 / (D))
-    v186 = (2.0 * v100 * v185[:, None])
-    v182 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v187 = (v182 + v186)
-    v188 = ((-1.0) * v187)
-    v189 = tl.sum((v188), axis=1)
-    v190 = (v189 / (D))
-    v191 = (v187 + v190[:, None])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
-    v193 = (v29 * v191)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
-    v194 = ((-1.0) * v193)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v194)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v195 = tl.zeros((C, C), DTYPE)
-    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v195_xA = v194 * v195_A
-    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v195_start = v195_k * BC
-        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
-        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v195_p = v195_r + v195_j
-        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
-        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
-    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v200 = (v83 * v193)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v200)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v198 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v198)
-    tl.debug_barrier()
-    v200 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v206 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v201 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v198 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v202 = (v192 + v198 + v201)
-        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v203_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v203 = (v202 * (0.5 + (0.5 * tl.math.erf(v203_c0)) + (v203_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v204 = (v25 * v203)
-        v205 = ((-1.0) * v204)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v207 = tl.zeros((C, D), DTYPE)
-    v207_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v207_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v207_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v207_A
-    for v207_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v207_start = v207_k * BC
-        v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
-        v207_rows = tl.where(tl.arange(0, C) // BC == v207_k, 1.0, 0.0)
-        v207 += v207_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v207_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v207_p = v207_r + v207_j
-        v207_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
-        v207_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v207_p * C + tl.arange(0, C))
-        v207_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v207_p * C + tl.arange(0, C))
-        v207_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_p[:, None] * D + tl.arange(0, D)[None, :])
-        v207 += v207_x * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a - v62, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v74 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v208 = ((-1.0) * v74 * v207)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v208)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v194 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v196 = tl.zeros((C, BV), DTYPE)
-    v196_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v196_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v196_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v196_A
-    for v196_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v196_start = v196_k * BC
-        v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
-        v196_rows = tl.where(tl.arange(0, C) // BC == v196_k, 1.0, 0.0)
-        v196 += v196_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v196_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v196_p = v196_r + v196_j
-        v196_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
-        v196_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v196_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v196_p * C + tl.arange(0, C))
-        v196_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v196 += v196_x[:, None] * v196_y * v196_m[:, None] * tl.exp(tl.minimum(v196_a - v87, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v197 = ((-1.0) * v92 * v196)
-    v199 = v197
-    v208 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 4 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v212 = (v199 + v208 + v211)
-    v213 = v212
-    v214 = tl.cumsum(v213, axis=0, reverse=True)
-    v215 = (v214 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v215.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `gate_eta`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v113, v53, v61, v58, v59, v60, v63, v83, v85, v79, v80, v84, v86, v76, v87, v88
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v65 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    v67 = (v65 * v61)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    v59 = v58
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = q * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
-        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
-    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v55
-        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = v53
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = v61
-    v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = v58
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = v59
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v84 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v73 = (v72 + v71)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 = v31
-        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, BV), DTYPE)
-    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = v86 * v86_A
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    v89 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v90 = (v89 + v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = (v90 - v92[:, None])
-    v94 = (v93 * v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = (2.0 * v93 * v105[:, None])
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v107 = (v102 + v106)
-    v108 = ((-1.0) * v107)
-    v109 = tl.sum((v108), axis=1)
-    v110 = (v109 / (D))
-    v111 = (v107 + v110[:, None])
-    v112 = (v29 * v111)
-    v113 = ((-1.0) * v112)
-    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v84 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v114 = tl.zeros((C, BV), DTYPE)
-    v114_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v114_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v114_xA = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v114_A
-    for v114_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v114_start = v114_k * BC
-        v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
-        v114_rows = tl.where(tl.arange(0, C) // BC == v114_k, 1.0, 0.0)
-        v114 += v114_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v114_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v114_p = v114_r + v114_j
-        v114_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v114_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + v114_p * C + tl.arange(0, C))
-        v114_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v114_p * C + tl.arange(0, C))
-        v114_a = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v114 += v114_x * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a - v80, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v115 = (v83 * v114)
-    v116 = v115
-    v117 = v116
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `gate_eta`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, q, v53, v65, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v117
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v65 = k
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    v67 = (v65 * v61)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    v59 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = q * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
-        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
-    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v55
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
-        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = v53
-    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = v61
-    v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = v58
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = v59
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v84 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v73 = (v72 + v71)
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 = v31
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
-        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, BV), DTYPE)
-    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = v86 * v86_A
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v76 * v77)
-    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = (v87 * v29)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
-    v89 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v90 = (v89 + v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = (v90 - v92[:, None])
-    v94 = (v93 * v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = (2.0 * v93 * v105[:, None])
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v107 = (v102 + v106)
-    v108 = ((-1.0) * v107)
-    v109 = tl.sum((v108), axis=1)
-    v110 = (v109 / (D))
-    v111 = (v107 + v110[:, None])
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
-    v113 = (v29 * v111)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
-    v114 = ((-1.0) * v113)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v115 = tl.zeros((C, C), DTYPE)
-    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v115_xA = v114 * v115_A
-    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
-        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
-    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = (v76 * v113)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
-        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
-    tl.debug_barrier()
-    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v119 = (v112 + v116 + v118)
-        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
-        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v121 = (v25 * v120)
-        v122 = ((-1.0) * v121)
-        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
-    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v124 = tl.zeros((C, D), DTYPE)
-    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v124_yA = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_A
-    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v124_start = v124_k * BC
-        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
-        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
-        v124 += v124_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v124_p = v124_r + v124_j
-        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
-        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v124_p * C + tl.arange(0, C))
-        v124_a = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
-        v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v124_a - v59, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v125 = (v65 * v124)
-    v126 = v125
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_gate_eta_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `gate_eta`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 2 * C * BV)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127, v53, v57, v45, v64, v60, v61, v137
-    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v53 = tl.cumsum(v52, axis=0, reverse=False)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v56 = tl.sum((v55), axis=0)
-    v54 = v53
-    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v57)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
-        v23_c0 = (0.5 * v22)
-        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v25 = tl.sum((v24), axis=1)
-    v26 = (v25 / (D))
-    v27 = (v24 - v26[:, None])
-    v28 = (v27 * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
-    v32 = k
-    v33 = (v31 + v32)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v34 = (v33 - v)
-    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
-    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v38 = tl.sum((v37), axis=1)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v27 * v39[:, None])
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v45)  # park
-    v64 = v45
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v58 = tl.exp(v53)  # cumulative decay in the chunk
-    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v68 = tl.sum((v67), axis=0)
-    v74 = v68
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v59 = gate_eta
-    v57 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v60 = (v57 * v59)
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v60)  # park
-    v71 = v60
-    v72 = (v71 * v64)
-    v83 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v63 = v23
-        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = (v74[:, None] * w2)
-        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
-        v82 = (v76 * v76 * v76 * v76)
-        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
-    tl.debug_barrier()
-    v84 = (v83 / (D * HID))
-    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v61 = k
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v65 = (v60 * v61)
-    v45 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
-        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v62 = v47
-        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
-        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
-        v77 = (v70 * v70 * v70 * v70)
-        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
-    tl.debug_barrier()
-    v79 = (v78 / (HID * D))
-    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v88 = tl.sum((v87), axis=0)
-    v93 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        v89 = (v81 * v88[None, :])
-        v90 = tl.sum((v89), axis=1)
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
-        v91_c0 = (0.5 * v90)
-        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
-        v92 = (v86 * v91[None, :])
-        v93 += tl.sum((v92), axis=1)
-    tl.debug_barrier()
-    v94 = tl.sum((v93), axis=0)
-    v95 = (v94 / (D))
-    v96 = (v93 - v95)
-    v97 = (v96 * v96)
-    v98 = tl.sum((v97), axis=0)
-    v99 = (v98 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v105 = tl.sum((v104), axis=0)
-    v106 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-    v107 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-    v108 = tl.sum((v107), axis=0)
-    v109 = (v108 / (D))
-    v110 = (2.0 * v96 * v109)
-    v111 = (v106 + v110)
-    v112 = ((-1.0) * v111)
-    v113 = tl.sum((v112), axis=0)
-    v114 = (v113 / (D))
-    v115 = (v111 + v114)
-    v123 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
-        v118 = (v91[None, :] * v115[:, None])
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
-        v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
-        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
-        v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
-    tl.debug_barrier()
-    v124_c0 = (tl.sqrt(v84))
-    v124 = ((-0.5) * v123 / (v124_c0 * ((tl.full((), 1e-06, DTYPE) + v124_c0) * (tl.full((), 1e-06, DTYPE) + v124_c0))))
-    v125 = (v124 / (D * HID))
-    v135 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v126 = (4.0 * v125 * (v76 * v76 * v76))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v133 = (d_new_w2 + v121 + v126)
-        v134 = ((-1.0) * v133)
-        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v136 = (v64 * v135)
-    v137 = v136
-    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v137)  # park
-    v129 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v116 = (v86 * v115[:, None])
-        v117 = tl.sum((v116), axis=0)
-        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
-        v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
-        v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v120 = (v88[None, :] * v119[:, None])
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
-        v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
-        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
-        v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
-    tl.debug_barrier()
-    v130_c0 = (tl.sqrt(v79))
-    v130 = ((-0.5) * v129 / (v130_c0 * ((tl.full((), 1e-06, DTYPE) + v130_c0) * (tl.full((), 1e-06, DTYPE) + v130_c0))))
-    v131 = (v130 / (HID * D))
-    v140 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v132 = (4.0 * v131 * (v70 * v70 * v70))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v138 = (d_new_w1 + v127 + v132)
-        v139 = ((-1.0) * v138)
-        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v61 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v141 = (v61 * v140)
-    v137 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v142 = (v137 + v141)
-    v57 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v143 = (v57 * v142)
-    v144 = v143
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 0 of the gradient of one chunk's `ln_weight`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * BV * HID + 2 * C * HID + HID * D + C * D + 2 * C * BV)  # v75, v22, v23, v21, v76, v86, v70, v60, v71, v45
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v53 = tl.cumsum(v52, axis=0, reverse=False)
-    v58 = tl.exp(v53)  # cumulative decay in the chunk
-    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v68 = tl.sum((v67), axis=0)
-    v74 = v68
-    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v56 = tl.sum((v55), axis=0)
-    v54 = v53
-    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v59 = gate_eta
-    v60 = (v57 * v59)
-    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v60)  # park
-    v71 = v60
-    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + offs_s[:, None] * D + offs_o[None, :], v71)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = (v74[:, None] * w2)
-        tl.store(scratch + offs_o[:, None] * HID + offs_h[None, :], v75)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    tl.debug_barrier()
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
-        v23_c0 = (0.5 * v22)
-        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v24 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v25 = tl.sum((v24), axis=1)
-    v26 = (v25 / (D))
-    v27 = (v24 - v26[:, None])
-    v28 = (v27 * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
-    v32 = k
-    v33 = (v31 + v32)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v34 = (v33 - v)
-    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
-    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
-    v38 = tl.sum((v37), axis=1)
-    v39 = (v38 / (D))
-    v40 = (2.0 * v27 * v39[:, None])
-    v41 = (v36 + v40)
-    v42 = ((-1.0) * v41)
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
-    v64 = v45
-    tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v72 = (v71 * v64)
-    v83 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v63 = v23
-        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v75 = tl.load(scratch + offs_o[:, None] * HID + offs_h[None, :])
-        v76 = (v75 - v73)  # layer 2 end state
-        tl.store(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
-        v82 = (v76 * v76 * v76 * v76)
-        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
-    tl.debug_barrier()
-    v84 = (v83 / (D * HID))
-    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v61 = k
-    v60 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v65 = (v60 * v61)
-    v45 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v76 = tl.load(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
-        tl.store(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v69 = (v68[None, :] * w1)
-        v21 = tl.load(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v22 = tl.load(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
-        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v62 = v47
-        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v70 = (v69 - v66)  # layer 1 end state
-        tl.store(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
-        v77 = (v70 * v70 * v70 * v70)
-        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
-    tl.debug_barrier()
-    v79 = (v78 / (HID * D))
-    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v88 = tl.sum((v87), axis=0)
-    v93 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
-        v89 = (v81 * v88[None, :])
-        v90 = tl.sum((v89), axis=1)
-        v91_c0 = (0.5 * v90)
-        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v86 = tl.load(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v92 = (v86 * v91[None, :])
-        v93 += tl.sum((v92), axis=1)
-    v94 = tl.sum((v93), axis=0)
-    v95 = (v94 / (D))
-    v96 = (v93 - v95)
-    v97 = (v96 * v96)
-    v98 = tl.sum((v97), axis=0)
-    v99 = (v98 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v105 = tl.sum((v104), axis=0)
-    v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 1 of the gradient of one chunk's `ln_weight`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV)  # v15, v72, v64, v30, v21, v31, v70, v74, v67, v58, v84, v85, causal, v58, v60, v63, v61, v59, v68, v53, v76, v89, v78, v85, v79, v80, v87
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v58 = tl.cumsum(v57, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    v60 = tl.exp(v58)  # cumulative decay in the chunk
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v62 = ((-1.0) + v60)
-    v63 = (q * v62)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v65 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v61 = gate_eta
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
-    v67 = (v65 * v61)
-    v59 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, C), DTYPE)
-    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = q * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
-        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
-    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v72)
-        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
-    tl.debug_barrier()
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v66 = v55
-        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v64 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v70 = (v64 - v69)
-        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v60 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v75 = v60
-    v76 = ((-1.0) + v75)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
-    v89 = tl.zeros((C, BV), DTYPE)
-    v77 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v70 * v25)
-        v72 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v73 = (v72 + v71)
-        v74_c0 = (0.5 * v73)
-        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v89)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v78 = (v76 * v77)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = v53
-    v61 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = v61
-    v85 = (v83 * v81)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = v58
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = v59
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v84 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v31 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v82 = v31
-        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, BV), DTYPE)
-    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = v86 * v86_A
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
-        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
-        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v78 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = (v78 - v86)
-    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = (v87 * v29)
-    v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v90 = (v89 + v88)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    v93 = (v90 - v92[:, None])
-    v94 = (v93 * v93)
-    v95 = tl.sum((v94), axis=1)
-    v96 = (v95 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v102 = (v93 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
-    v103 = tl.sum((v102), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 2 of the gradient of one chunk's `ln_weight`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9991,8 +6182,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -10023,7 +6216,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -10169,6 +6365,4125 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v172 = (4.0 * v171 * (v109 * v109 * v109))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v177 = (d_new_w1 + v167 + v172)
+        v178 = ((-1.0) * v177)
+        v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = (v71 - v76)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = v67
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = (v90 * v88)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = v61
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = v62
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    v91 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v78 = (v77 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v79 + v78)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v93 = tl.zeros((C, BV), DTYPE)
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = v66
+    v83 = ((-1.0) + v82)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    v84 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v84)
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = (v85 - v93)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = (v94 * v29)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    v96 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = (v96 + v95)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v97 - v99[:, None])
+    v101 = (v100 * v100)
+    v102 = tl.sum((v101), axis=1)
+    v103 = (v102 / (D))
+    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v181 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v182 = tl.sum((v181), axis=1)
+    v183 = (v182 / (D))
+    v184 = (2.0 * v100 * v183[:, None])
+    v180 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v185 = (v180 + v184)
+    v186 = ((-1.0) * v185)
+    v187 = tl.sum((v186), axis=1)
+    v188 = (v187 / (D))
+    v189 = (v185 + v188[:, None])
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    v191 = (v29 * v189)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v193 = tl.zeros((C, C), DTYPE)
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v199 = (v83 * v191)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v201 = (v190 + v196 + v200)
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v203 = (v25 * v202)
+        v204 = ((-1.0) * v203)
+        v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v206 = (v179 + v205)
+        v207 = v206
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
+        v158 = (v130[None, :] * v155[:, None])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
+        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    v164_c0 = (tl.sqrt(v123))
+    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
+    v165 = (v164 / (D * HID))
+    v175 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = (4.0 * v165 * (v115 * v115 * v115))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v173 = (d_new_w2 + v161 + v166)
+        v174 = ((-1.0) * v173)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v194 = tl.zeros((C, BV), DTYPE)
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v195 = (v88 * v194)
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v197 = (v176 + v195)
+    v198 = v197
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v210 = (v198 + v209)
+    v211 = tl.sum((v210), axis=1)
+    v212 = (v211 / (D))
+    v213 = ((-1.0) * v212)
+    v214 = (v210 + v213[:, None])
+    v215 = (ln_weight[None, :] * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v42 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v216_c0 = (v42 * v42)
+    v216_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v216_c0)))
+    v216 = (v215 * ((3.0 * v216_c1) + (3.0 * v216_c0 / (v216_c1))))
+    v217 = ((-1.0) * v216)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v217.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_alpha_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v35, v53, v61, v67, v58, v59, v68, v60, v63, v83, v85, v79, v80, v86, v76, v87, v88
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v65 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    v67 = (v65 * v61)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v59 = v58
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v66 = v55
+        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = (v64 - v69)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = v53
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = v61
+    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v81)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = v58
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = v59
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    v84 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 = (v72 + v71)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = v31
+        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v86 = tl.zeros((C, BV), DTYPE)
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = (v76 * v77)
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = (v78 - v86)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = (v87 * v29)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    v89 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = (v89 + v88)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v90 - v92[:, None])
+    v94 = (v93 * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = (2.0 * v93 * v105[:, None])
+    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v107 = (v102 + v106)
+    v108 = ((-1.0) * v107)
+    v109 = tl.sum((v108), axis=1)
+    v110 = (v109 / (D))
+    v111 = (v107 + v110[:, None])
+    v112 = (v29 * v111)
+    v113 = ((-1.0) * v112)
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = (v113 * v86)
+    v115 = v114
+    v116 = tl.cumsum(v115, axis=0, reverse=True)
+    v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_alpha_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, v35, v53, v61, v67, v58, v59, v68, v60, v63, v83, v85, v79, v80, v86, v76, v87, v88, v93, v101, v106, v111, v113, v115, v117
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v65 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    v67 = (v65 * v61)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v59 = v58
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v66 = v55
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = (v64 - v69)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = v53
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = v61
+    v83 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v81)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = v58
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = v59
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    v84 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 = (v72 + v71)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = v31
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v86 = tl.zeros((C, BV), DTYPE)
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = (v76 * v77)
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = (v78 - v86)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = (v87 * v29)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    v89 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = (v89 + v88)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v90 - v92[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    v94 = (v93 * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v93 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = (2.0 * v93 * v105[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v106 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v102 + v106)
+    v108 = ((-1.0) * v107)
+    v109 = tl.sum((v108), axis=1)
+    v110 = (v109 / (D))
+    v111 = (v107 + v110[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    v113 = (v29 * v111)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    v114 = ((-1.0) * v113)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v115 = tl.zeros((C, C), DTYPE)
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = (v76 * v113)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v119 = (v112 + v116 + v118)
+        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
+        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v121 = (v25 * v120)
+        v122 = ((-1.0) * v121)
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v124 = tl.zeros((C, D), DTYPE)
+    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v124_start = v124_k * BC
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
+        v124 += v124_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v124 = v124 * v124_A
+    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v124_p = v124_r + v124_j
+        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v124_p)
+        v124_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124 += v124_x * v124_y[:, None] * v124_m[:, None] * tl.exp(tl.minimum(v58 - v124_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v125 = (q * v124)
+    v126 = tl.cumsum(v125, axis=0, reverse=True)
+    v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_alpha_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 4 * C * C + 19 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v196, v74, v61, v91, v92, causal, v35, v53, v90, v61, v62, v65, v67, v68, v111, v66, v72, v181, v75, v92, v86, v87, v93, v83, v84, v94, v95, v100, v145, v186, v191, v193, v195, v197, v205
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v90 = v53
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v65 * v67)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    v110 = v68
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v111 = (v110 * v90)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v107 = tl.sum((v106), axis=0)
+    v113 = v107
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 = v31
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v114 = (v113[:, None] * w2)
+        v115 = (v114 - v112)  # layer 2 end state
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        v121 = (v115 * v115 * v115 * v115)
+        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
+    tl.debug_barrier()
+    v123 = (v122 / (D * HID))
+    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v72 = k
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = (v68 * v72)
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v73 = v55
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v108 = (v107[None, :] * w1)
+        v109 = (v108 - v105)  # layer 1 end state
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        v116 = (v109 * v109 * v109 * v109)
+        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
+    tl.debug_barrier()
+    v118 = (v117 / (HID * D))
+    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v127 = tl.sum((v126), axis=0)
+    v132 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v128 = (v120 * v127[None, :])
+        v129 = tl.sum((v128), axis=1)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
+        v130_c0 = (0.5 * v129)
+        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v131 = (v125 * v130[None, :])
+        v132 += tl.sum((v131), axis=1)
+    tl.debug_barrier()
+    v133 = tl.sum((v132), axis=0)
+    v134 = (v133 / (D))
+    v135 = (v132 - v134)
+    v136 = (v135 * v135)
+    v137 = tl.sum((v136), axis=0)
+    v138 = (v137 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v144 = tl.sum((v143), axis=0)
+    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v148 = tl.sum((v147), axis=0)
+    v149 = (v148 / (D))
+    v150 = (2.0 * v135 * v149)
+    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v151 = (v146 + v150)
+    v152 = ((-1.0) * v151)
+    v153 = tl.sum((v152), axis=0)
+    v154 = (v153 / (D))
+    v155 = (v151 + v154)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
+        v158 = (v130[None, :] * v155[:, None])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
+        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
+    tl.debug_barrier()
+    v164_c0 = (tl.sqrt(v123))
+    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
+    v165 = (v164 / (D * HID))
+    v175 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = (4.0 * v165 * (v115 * v115 * v115))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v173 = (d_new_w2 + v161 + v166)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v174 = (w2 * v173)
+        v175 += tl.sum((v174), axis=1)
+    v176 = v175
+    v169 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v156 = (v125 * v155[:, None])
+        v157 = tl.sum((v156), axis=0)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
+        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
+        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v160 = (v127[None, :] * v159[:, None])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
+        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
+    tl.debug_barrier()
+    v170_c0 = (tl.sqrt(v118))
+    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
+    v171 = (v170 / (HID * D))
+    v179 = tl.zeros((D,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v172 = (4.0 * v171 * (v109 * v109 * v109))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v177 = (d_new_w1 + v167 + v172)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v178 = (w1 * v177)
+        v179 += tl.sum((v178), axis=0)
+    v180 = (v176 + v179)
+    v181 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v180[None, :])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v181)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v74 = (v72 * v67)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v75 = tl.zeros((C, C), DTYPE)
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v69 = ((-1.0) + v66)
+    v70 = (q * v69)
+    v75 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v77 = (v71 - v76)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = v67
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = (v90 * v88)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = v61
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = v62
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    v91 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v78 = (v77 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v79 + v78)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v93 = tl.zeros((C, BV), DTYPE)
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = v66
+    v83 = ((-1.0) + v82)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    v84 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v84)
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = (v85 - v93)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = (v94 * v29)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    v96 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = (v96 + v95)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v97 - v99[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
+    v101 = (v100 * v100)
+    v102 = tl.sum((v101), axis=1)
+    v103 = (v102 / (D))
+    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v183 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v100 * v185[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v186)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v182 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v186 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    v193 = (v29 * v191)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
+    v194 = ((-1.0) * v193)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v195 = tl.zeros((C, C), DTYPE)
+    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = v194 * v195_A
+    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v195_start = v195_k * BC
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v195_p = v195_r + v195_j
+        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
+        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
+    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :], v195)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v197 = (v83 * v193)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v197 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v204 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v201 = (v192 + v196 + v198)
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v203 = (v25 * v202)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v204 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v203).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v205 = (q * v204)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_i[None, :], v205)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v84 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v199 = (v193 * v84)
+    v200 = v199
+    v181 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v205 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v206 = (v181 + v200 + v205)
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v207 = (v206 * tl.exp(v61))
+    v208 = tl.cumsum(v207, axis=0, reverse=True)
+    v209 = (v208 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v209.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_alpha_3_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 3 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 6 * C * D + 4 * C * BV)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127, v53, v54, v59, v27, v36, v45, v64, v60, v61, v137
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v59 = gate_eta
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
+        v23_c0 = (0.5 * v22)
+        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v24 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v27)  # park
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v36 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
+    v64 = v45
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
+    v74 = v68
+    v54 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
+    v59 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = (v57 * v59)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v71 = v60
+    tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = (v71 * v64)
+    v83 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = v23
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = (v74[:, None] * w2)
+        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = (v75 - v73)  # layer 2 end state
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        v82 = (v76 * v76 * v76 * v76)
+        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
+    tl.debug_barrier()
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v61 = k
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v65 = (v60 * v61)
+    v45 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v69 = (v68[None, :] * w1)
+        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v62 = v47
+        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 = (v69 - v66)  # layer 1 end state
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        v77 = (v70 * v70 * v70 * v70)
+        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
+    tl.debug_barrier()
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v93 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+        v89 = (v81 * v88[None, :])
+        v90 = tl.sum((v89), axis=1)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
+        v91_c0 = (0.5 * v90)
+        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        v92 = (v86 * v91[None, :])
+        v93 += tl.sum((v92), axis=1)
+    tl.debug_barrier()
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v107 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v108 = tl.sum((v107), axis=0)
+    v109 = (v108 / (D))
+    v110 = (2.0 * v96 * v109)
+    v111 = (v106 + v110)
+    v112 = ((-1.0) * v111)
+    v113 = tl.sum((v112), axis=0)
+    v114 = (v113 / (D))
+    v115 = (v111 + v114)
+    v123 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
+        v118 = (v91[None, :] * v115[:, None])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
+        v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
+        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+        v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
+    tl.debug_barrier()
+    v124_c0 = (tl.sqrt(v84))
+    v124 = ((-0.5) * v123 / (v124_c0 * ((tl.full((), 1e-06, DTYPE) + v124_c0) * (tl.full((), 1e-06, DTYPE) + v124_c0))))
+    v125 = (v124 / (D * HID))
+    v135 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v126 = (4.0 * v125 * (v76 * v76 * v76))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v133 = (d_new_w2 + v121 + v126)
+        v134 = ((-1.0) * v133)
+        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v136 = (v64 * v135)
+    v137 = v136
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    v129 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v116 = (v86 * v115[:, None])
+        v117 = tl.sum((v116), axis=0)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
+        v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
+        v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v120 = (v88[None, :] * v119[:, None])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
+        v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
+        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+        v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
+    tl.debug_barrier()
+    v130_c0 = (tl.sqrt(v79))
+    v130 = ((-0.5) * v129 / (v130_c0 * ((tl.full((), 1e-06, DTYPE) + v130_c0) * (tl.full((), 1e-06, DTYPE) + v130_c0))))
+    v131 = (v130 / (HID * D))
+    v140 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v132 = (4.0 * v131 * (v70 * v70 * v70))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v138 = (d_new_w1 + v127 + v132)
+        v139 = ((-1.0) * v138)
+        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v141 = (v61 * v140)
+    v137 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v142 = (v137 + v141)
+    v59 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v143 = (v59 * v142)
+    v54 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v144 = (v51[:, None] * v143 * tl.exp((v56[None, :] - v54)))
+    v145 = tl.sum((v144), axis=0)
+    v146 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v145[None, :])
+    v147 = tl.cumsum(v146, axis=0, reverse=True)
+    v148 = (v147 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v148.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_alpha_4_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `gate_alpha`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_alpha_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 14 * C * D + 6 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v161, v167, v77, v80, v81, v192, v198, v74, v61, v91, v92, causal, q, v206, v194, v35, v53, v90, v61, v62, v65, v67, v68, v111, v66, v72, v177, v211, v74, v75, v92, v86, v87, v91, v93, v83, v94, v95, v100, v145, v186, v191, v193, v194, v195, v200, v208
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v90 = v53
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = (v65 * v67)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    v110 = v68
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v111 = (v110 * v90)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v107 = tl.sum((v106), axis=0)
+    v113 = v107
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 = v31
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v114 = (v113[:, None] * w2)
+        v115 = (v114 - v112)  # layer 2 end state
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        v121 = (v115 * v115 * v115 * v115)
+        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
+    tl.debug_barrier()
+    v123 = (v122 / (D * HID))
+    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v72 = k
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = (v68 * v72)
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v73 = v55
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v108 = (v107[None, :] * w1)
+        v109 = (v108 - v105)  # layer 1 end state
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        v116 = (v109 * v109 * v109 * v109)
+        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
+    tl.debug_barrier()
+    v118 = (v117 / (HID * D))
+    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v127 = tl.sum((v126), axis=0)
+    v132 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v128 = (v120 * v127[None, :])
+        v129 = tl.sum((v128), axis=1)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
+        v130_c0 = (0.5 * v129)
+        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v131 = (v125 * v130[None, :])
+        v132 += tl.sum((v131), axis=1)
+    tl.debug_barrier()
+    v133 = tl.sum((v132), axis=0)
+    v134 = (v133 / (D))
+    v135 = (v132 - v134)
+    v136 = (v135 * v135)
+    v137 = tl.sum((v136), axis=0)
+    v138 = (v137 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v144 = tl.sum((v143), axis=0)
+    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v148 = tl.sum((v147), axis=0)
+    v149 = (v148 / (D))
+    v150 = (2.0 * v135 * v149)
+    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v151 = (v146 + v150)
+    v152 = ((-1.0) * v151)
+    v153 = tl.sum((v152), axis=0)
+    v154 = (v153 / (D))
+    v155 = (v151 + v154)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
+        v158 = (v130[None, :] * v155[:, None])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
+        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
+    tl.debug_barrier()
+    v164_c0 = (tl.sqrt(v123))
+    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
+    v165 = (v164 / (D * HID))
+    v175 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = (4.0 * v165 * (v115 * v115 * v115))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v161 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v173 = (d_new_w2 + v161 + v166)
+        v174 = ((-1.0) * v173)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = (v90 * v175)
+    v177 = v176
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v177)  # park
+    v169 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v156 = (v125 * v155[:, None])
+        v157 = tl.sum((v156), axis=0)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
+        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
+        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v160 = (v127[None, :] * v159[:, None])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
+        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
+    tl.debug_barrier()
+    v170_c0 = (tl.sqrt(v118))
+    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
+    v171 = (v170 / (HID * D))
+    v180 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v172 = (4.0 * v171 * (v109 * v109 * v109))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v178 = (d_new_w1 + v167 + v172)
+        v179 = ((-1.0) * v178)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v180 += tl.dot(v73.to(DOT_DTYPE), v179.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v181 = (v72 * v180)
+    v177 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v209 = (v177 + v181)
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v210 = (v67 * v209)
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v211 = ((-1.0) * v59[:, None] * v210 * tl.exp((v64[None, :] - v62)))
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v211)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v74 = (v72 * v67)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v74)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v75 = tl.zeros((C, C), DTYPE)
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v69 = ((-1.0) + v66)
+    v70 = (q * v69)
+    v75 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v77 = (v71 - v76)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v67 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = v67
+    v90 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = (v90 * v88)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = v61
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = v62
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    v91 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v77 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v78 = (v77 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v79 + v78)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v93 = tl.zeros((C, BV), DTYPE)
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = v66
+    v83 = ((-1.0) + v82)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    v84 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v84)
+    v93 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = (v85 - v93)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = (v94 * v29)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    v96 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v95 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = (v96 + v95)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v97 - v99[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
+    v101 = (v100 * v100)
+    v102 = tl.sum((v101), axis=1)
+    v103 = (v102 / (D))
+    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v100 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v183 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v184 = tl.sum((v183), axis=1)
+    v185 = (v184 / (D))
+    v186 = (2.0 * v100 * v185[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v186)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v182 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v186 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v187 = (v182 + v186)
+    v188 = ((-1.0) * v187)
+    v189 = tl.sum((v188), axis=1)
+    v190 = (v189 / (D))
+    v191 = (v187 + v190[:, None])
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    v193 = (v29 * v191)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v193)  # park
+    v194 = ((-1.0) * v193)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v194)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v195 = tl.zeros((C, C), DTYPE)
+    v195_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v195_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v195_xA = v194 * v195_A
+    for v195_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v195_start = v195_k * BC
+        v195_B = tl.where(tl.arange(0, C)[:, None] < v195_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v195_rows = tl.where(tl.arange(0, C) // BC == v195_k, 1.0, 0.0)
+        v195 += v195_rows[:, None] * tl.dot((v195_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v195_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v195_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v195_p = v195_r + v195_j
+        v195_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v195_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v195_d = tl.sum(v194 * v195_y * tl.exp(tl.minimum(v86 - v195_b, 0.0)), axis=1)
+        v195 += tl.where(tl.arange(0, C)[None, :] == v195_p[:, None], v195_d[:, None], 0.0)
+    v195 = v195 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * C + offs_s[None, :], v195)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v193 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v200 = (v83 * v193)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 6 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v200)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v191 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v195 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v192 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v191).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v192)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v198 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v195).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v198)
+    tl.debug_barrier()
+    v200 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 6 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v206 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v201 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v200).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v192 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v198 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v202 = (v192 + v198 + v201)
+        v80 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v203_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v203 = (v202 * (0.5 + (0.5 * tl.math.erf(v203_c0)) + (v203_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v204 = (v25 * v203)
+        v205 = ((-1.0) * v204)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v206 += tl.trans(tl.dot(v73.to(DOT_DTYPE), tl.trans(v205).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v206)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v207 = tl.zeros((C, D), DTYPE)
+    v207_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v207_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v207_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v207_A
+    for v207_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v207_start = v207_k * BC
+        v207_B = tl.where(tl.arange(0, C)[:, None] < v207_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_start * D + tl.arange(0, D))[None, :] - v62, 0.0)), 0.0)
+        v207_rows = tl.where(tl.arange(0, C) // BC == v207_k, 1.0, 0.0)
+        v207 += v207_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v207_xA * v207_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v207_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v207_p = v207_r + v207_j
+        v207_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v207_p * C + tl.arange(0, C))
+        v207_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v207_p[:, None] * D + tl.arange(0, D)[None, :])
+        v207 += v207_x * v207_y[:, None] * v207_m[:, None] * tl.exp(tl.minimum(v207_a - v62, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v74 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v208 = ((-1.0) * v74 * v207)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 6 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_i[None, :], v208)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v194 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v194)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v196 = tl.zeros((C, BV), DTYPE)
+    v196_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v196_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v196_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v196_A
+    for v196_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v196_start = v196_k * BC
+        v196_B = tl.where(tl.arange(0, C)[:, None] < v196_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v196_rows = tl.where(tl.arange(0, C) // BC == v196_k, 1.0, 0.0)
+        v196 += v196_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v196_rows[:, None])).to(DOT_DTYPE), (v196_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v196_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v196_p = v196_r + v196_j
+        v196_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v196_p * C + tl.arange(0, C))
+        v196_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * C + C * BV + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v196_p * C + tl.arange(0, C))
+        v196_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v196_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v196 += v196_x[:, None] * v196_y * v196_m[:, None] * tl.exp(tl.minimum(v196_a - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v92 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v197 = ((-1.0) * v92 * v196)
+    v199 = v197
+    v208 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 6 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v211 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v212 = (v199 + v208 + v211)
+    v213 = v212
+    v214 = tl.cumsum(v213, axis=0, reverse=True)
+    v215 = (v214 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v215.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_eta_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 12 * C * BV)  # v15, v30, v31, v21, v69, v70, v74, v67, v58, v84, v85, causal, v113, v35, v53, v61, v58, v59, v60, v63, v83, v85, v79, v80, v84, v86, v76, v87, v88
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v65 = k
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    v67 = (v65 * v61)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v59 = v58
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v66 = v55
+        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = (v64 - v69)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = v53
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = v61
+    v85 = (v83 * v81)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = v58
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = v59
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    v84 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 = (v72 + v71)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = v31
+        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v86 = tl.zeros((C, BV), DTYPE)
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = (v76 * v77)
+    v86 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = (v78 - v86)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = (v87 * v29)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    v89 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = (v89 + v88)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v90 - v92[:, None])
+    v94 = (v93 * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = (2.0 * v93 * v105[:, None])
+    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v107 = (v102 + v106)
+    v108 = ((-1.0) * v107)
+    v109 = tl.sum((v108), axis=1)
+    v110 = (v109 / (D))
+    v111 = (v107 + v110[:, None])
+    v112 = (v29 * v111)
+    v113 = ((-1.0) * v112)
+    v79 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v113)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v114 = tl.zeros((C, BV), DTYPE)
+    v114_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v114_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v114_xA = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v114_A
+    for v114_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v114_start = v114_k * BC
+        v114_B = tl.where(tl.arange(0, C)[:, None] < v114_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_start * BV + tl.arange(0, BV))[None, :] - v80, 0.0)), 0.0)
+        v114_rows = tl.where(tl.arange(0, C) // BC == v114_k, 1.0, 0.0)
+        v114 += v114_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v114_xA * v114_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v114_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v114_p = v114_r + v114_j
+        v114_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + v114_p * C + tl.arange(0, C))
+        v114_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v114_p * C + tl.arange(0, C))
+        v114_a = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + v114_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v114 += v114_x * v114_y[:, None] * v114_m[:, None] * tl.exp(tl.minimum(v114_a - v80, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = (v83 * v114)
+    v116 = v115
+    v117 = v116
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_eta_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 10 * C * HID + BV * HID + 9 * C * D + 4 * C * C + 13 * C * BV)  # v15, v30, v31, v21, v66, v69, v70, v73, v74, v82, v112, v116, v67, v58, v84, v85, causal, v123, q, v35, v53, v65, v61, v58, v59, v60, v63, v85, v79, v80, v86, v76, v87, v88, v111, v113, v115, v117
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v65 = k
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    v67 = (v65 * v61)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v59 = v58
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v66 = v55
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v69 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = (v64 - v69)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v53 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = v53
+    v61 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = v61
+    v85 = (v83 * v81)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = v58
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = v59
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    v84 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73 = (v72 + v71)
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = v31
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v82)
+        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v86 = tl.zeros((C, BV), DTYPE)
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = (v76 * v77)
+    v86 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = (v78 - v86)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = (v87 * v29)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    v89 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v74 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = (v89 + v88)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v90 - v92[:, None])
+    v94 = (v93 * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v103 = ((-0.5) * v93 * ln_weight[None, :] * v101 / (((tl.full((), 1e-05, DTYPE) + v96[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v104 = tl.sum((v103), axis=1)
+    v105 = (v104 / (D))
+    v106 = (2.0 * v93 * v105[:, None])
+    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v107 = (v102 + v106)
+    v108 = ((-1.0) * v107)
+    v109 = tl.sum((v108), axis=1)
+    v110 = (v109 / (D))
+    v111 = (v107 + v110[:, None])
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    v113 = (v29 * v111)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    v114 = ((-1.0) * v113)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v115 = tl.zeros((C, C), DTYPE)
+    v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v115_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v115_xA = v114 * v115_A
+    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v115_start = v115_k * BC
+        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v115_p = v115_r + v115_j
+        v115_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_b = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v115_d = tl.sum(v114 * v115_y * tl.exp(tl.minimum(v79 - v115_b, 0.0)), axis=1)
+        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = (v76 * v113)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v111 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v112 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
+        v82 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v116 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v116)
+    tl.debug_barrier()
+    v117 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v118 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v112 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v116 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v119 = (v112 + v116 + v118)
+        v73 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v120_c0 = (0.5 * v73 * tl.full((), 1.4142135623730951, DTYPE))
+        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v73 * v73))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v121 = (v25 * v120)
+        v122 = ((-1.0) * v121)
+        v66 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v123 += tl.trans(tl.dot(v66.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v58 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v123)
+    tl.store(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v124 = tl.zeros((C, D), DTYPE)
+    v124_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v124_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v124_yA = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v124_A
+    for v124_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v124_start = v124_k * BC
+        v124_B = tl.where(tl.arange(0, C)[:, None] < v124_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_start * D + tl.arange(0, D))[None, :] - v59, 0.0)), 0.0)
+        v124_rows = tl.where(tl.arange(0, C) // BC == v124_k, 1.0, 0.0)
+        v124 += v124_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v124_rows[:, None])).to(DOT_DTYPE), (v124_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v124_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v124_p = v124_r + v124_j
+        v124_x = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_y = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + 3 * C * C + C * BV + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124_m = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + v124_p * C + tl.arange(0, C))
+        v124_a = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + C * D + v124_p[:, None] * D + tl.arange(0, D)[None, :])
+        v124 += v124_x[:, None] * v124_y * v124_m[:, None] * tl.exp(tl.minimum(v124_a - v59, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v65 = tl.load(scratch + HID * D + 10 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v125 = (v65 * v124)
+    v126 = v125
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v126.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_gate_eta_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `gate_eta`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_gate_eta_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 5 * C * D + 4 * C * BV)  # v22, v23, v21, v63, v76, v62, v70, v90, v91, v86, v121, v127, v53, v57, v27, v36, v45, v64, v60, v61, v137
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v22)
+        v23_c0 = (0.5 * v22)
+        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v24 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v27)  # park
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v36 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
+    v64 = v45
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
+    v74 = v68
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v59 = gate_eta
+    v57 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v60 = (v57 * v59)
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v71 = v60
+    tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = (v71 * v64)
+    v83 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v23 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = v23
+        tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = (v74[:, None] * w2)
+        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = (v75 - v73)  # layer 2 end state
+        tl.store(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        v82 = (v76 * v76 * v76 * v76)
+        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
+    tl.debug_barrier()
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v61 = k
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v65 = (v60 * v61)
+    v45 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v69 = (v68[None, :] * w1)
+        v21 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v62 = v47
+        tl.store(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v62)
+        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 = (v69 - v66)  # layer 1 end state
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        v77 = (v70 * v70 * v70 * v70)
+        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
+    tl.debug_barrier()
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v93 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+        v89 = (v81 * v88[None, :])
+        v90 = tl.sum((v89), axis=1)
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h, v90)
+        v91_c0 = (0.5 * v90)
+        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h, v91)
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+        tl.store(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        v92 = (v86 * v91[None, :])
+        v93 += tl.sum((v92), axis=1)
+    tl.debug_barrier()
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = (ln_weight * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v107 = ((-0.5) * v96 * ln_weight * v105 / (((tl.full((), 1e-05, DTYPE) + v99) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    v108 = tl.sum((v107), axis=0)
+    v109 = (v108 / (D))
+    v110 = (2.0 * v96 * v109)
+    v111 = (v106 + v110)
+    v112 = ((-1.0) * v111)
+    v113 = tl.sum((v112), axis=0)
+    v114 = (v113 / (D))
+    v115 = (v111 + v114)
+    v123 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v91 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + HID + offs_h)
+        v118 = (v91[None, :] * v115[:, None])
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v121_c0 = tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0))
+        v121 = (v118 * ((v85 * (v121_c0 * v121_c0) * (v76 * v76)) + (2.0 * v121_c0 * v76 * v85 * tl.abs(v76))))
+        tl.store(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v121)
+        v122 = (v118 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+        v123 += tl.sum(tl.sum((v122), axis=1), axis=0)
+    tl.debug_barrier()
+    v124_c0 = (tl.sqrt(v84))
+    v124 = ((-0.5) * v123 / (v124_c0 * ((tl.full((), 1e-06, DTYPE) + v124_c0) * (tl.full((), 1e-06, DTYPE) + v124_c0))))
+    v125 = (v124 / (D * HID))
+    v135 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v126 = (4.0 * v125 * (v76 * v76 * v76))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v121 = tl.load(scratch + 4 * C * HID + 3 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v133 = (d_new_w2 + v121 + v126)
+        v134 = ((-1.0) * v133)
+        v63 = tl.load(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v135 += tl.dot(v63.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v64 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 2 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v136 = (v64 * v135)
+    v137 = v136
+    tl.store(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v137)  # park
+    v129 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v86 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v116 = (v86 * v115[:, None])
+        v117 = tl.sum((v116), axis=0)
+        v90 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + HID * D + offs_h)
+        v119_c0 = (0.5 * v90 * tl.full((), 1.4142135623730951, DTYPE))
+        v119 = (v117 * (0.5 + (0.5 * tl.math.erf(v119_c0)) + (v119_c0 * tl.exp(((-0.5) * (v90 * v90))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v120 = (v88[None, :] * v119[:, None])
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v127_c0 = tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0))
+        v127 = (v120 * ((v80 * (v127_c0 * v127_c0) * (v70 * v70)) + (2.0 * v127_c0 * v70 * v80 * tl.abs(v70))))
+        tl.store(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v127)
+        v128 = (v120 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+        v129 += tl.sum(tl.sum((v128), axis=1), axis=0)
+    tl.debug_barrier()
+    v130_c0 = (tl.sqrt(v79))
+    v130 = ((-0.5) * v129 / (v130_c0 * ((tl.full((), 1e-06, DTYPE) + v130_c0) * (tl.full((), 1e-06, DTYPE) + v130_c0))))
+    v131 = (v130 / (HID * D))
+    v140 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * C * HID + 2 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v132 = (4.0 * v131 * (v70 * v70 * v70))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v127 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + HID * D + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v138 = (d_new_w1 + v127 + v132)
+        v139 = ((-1.0) * v138)
+        v62 = tl.load(scratch + 3 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v140 += tl.dot(v62.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 3 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v141 = (v61 * v140)
+    v137 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + 4 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v142 = (v137 + v141)
+    v57 = tl.load(scratch + 4 * C * HID + 4 * BV * HID + 2 * HID * D + 2 * HID + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v143 = (v57 * v142)
+    v144 = v143
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v144.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_ln_weight_0_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 0 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (4 * BV * HID + 2 * C * HID + HID * D + C * D + 4 * C * BV)  # v75, v22, v23, v21, v76, v86, v70, v60, v71, v27, v36, v45
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v52 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v53 = tl.cumsum(v52, axis=0, reverse=False)
+    v58 = tl.exp(v53)  # cumulative decay in the chunk
+    v67 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v68 = tl.sum((v67), axis=0)
+    v74 = v68
+    v51 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v55 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v56 = tl.sum((v55), axis=0)
+    v54 = v53
+    v57 = (v51[:, None] * tl.exp((v56[None, :] - v54)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v59 = gate_eta
+    v60 = (v57 * v59)
+    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v71 = v60
+    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + offs_s[:, None] * D + offs_o[None, :], v71)  # park
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = (v74[:, None] * w2)
+        tl.store(scratch + offs_o[:, None] * HID + offs_h[None, :], v75)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    tl.debug_barrier()
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        v22 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v22)
+        v23_c0 = (0.5 * v22)
+        v23 = (v23_c0 * (1.0 + tl.math.erf((v23_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :], v23)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v24 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v24 += tl.dot(v23.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v25 = tl.sum((v24), axis=1)
+    v26 = (v25 / (D))
+    v27 = (v24 - v26[:, None])
+    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v27)  # park
+    v28 = (v27 * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (ln_bias[None, :] + (v27 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None]))))))
+    v32 = k
+    v33 = (v31 + v32)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v34 = (v33 - v)
+    v35 = (3.0 * v34 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v34 * v34)))))  # inner gradient signal g = dl/dy
+    v36 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = ((-0.5) * v27 * ln_weight[None, :] * v35 / (((tl.full((), 1e-05, DTYPE) + v30[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v30[:, None])))))
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
+    v40 = (2.0 * v27 * v39[:, None])
+    v36 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v41 = (v36 + v40)
+    v42 = ((-1.0) * v41)
+    v43 = tl.sum((v42), axis=1)
+    v44 = (v43 / (D))
+    v45 = (v41 + v44[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v45)  # park
+    v64 = v45
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v72 = (v71 * v64)
+    v83 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v23 = tl.load(scratch + BV * HID + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v63 = v23
+        v73 = tl.dot(tl.trans(v72).to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75 = tl.load(scratch + offs_o[:, None] * HID + offs_h[None, :])
+        v76 = (v75 - v73)  # layer 2 end state
+        tl.store(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v76)
+        v82 = (v76 * v76 * v76 * v76)
+        v83 += tl.sum(tl.sum((v82), axis=1), axis=0)
+    tl.debug_barrier()
+    v84 = (v83 / (D * HID))
+    v85 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v84)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v61 = k
+    v60 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v65 = (v60 * v61)
+    v45 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + HID * D + C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v76 = tl.load(scratch + 2 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = (v85 * (v76 * v76) * tl.abs(v76) * tl.where(v76 > 0, 1.0, tl.where(v76 < 0, -1.0, 0.0)))
+        tl.store(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v69 = (v68[None, :] * w1)
+        v21 = tl.load(scratch + BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v46 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22 = tl.load(scratch + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47_c0 = (0.5 * v22 * tl.full((), 1.4142135623730951, DTYPE))
+        v47 = (v46 * (0.5 + (0.5 * tl.math.erf(v47_c0)) + (v47_c0 * tl.exp(((-0.5) * (v22 * v22))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v62 = v47
+        v66 = tl.trans(tl.dot(tl.trans(v65).to(DOT_DTYPE), v62.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v70 = (v69 - v66)  # layer 1 end state
+        tl.store(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v70)
+        v77 = (v70 * v70 * v70 * v70)
+        v78 += tl.sum(tl.sum((v77), axis=1), axis=0)
+    tl.debug_barrier()
+    v79 = (v78 / (HID * D))
+    v80 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v79)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v87 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v88 = tl.sum((v87), axis=0)
+    v93 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + 4 * BV * HID + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v81 = (v80 * (v70 * v70) * tl.abs(v70) * tl.where(v70 > 0, 1.0, tl.where(v70 < 0, -1.0, 0.0)))
+        v89 = (v81 * v88[None, :])
+        v90 = tl.sum((v89), axis=1)
+        v91_c0 = (0.5 * v90)
+        v91 = (v91_c0 * (1.0 + tl.math.erf((v91_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v86 = tl.load(scratch + 3 * BV * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v92 = (v86 * v91[None, :])
+        v93 += tl.sum((v92), axis=1)
+    v94 = tl.sum((v93), axis=0)
+    v95 = (v94 / (D))
+    v96 = (v93 - v95)
+    v97 = (v96 * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = (v98 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v104 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v105 = tl.sum((v104), axis=0)
+    v106 = (v96 * v105 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v99)))))
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_ln_weight_1_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 1 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV)  # v15, v72, v64, v30, v21, v31, v70, v74, v67, v58, v84, v85, causal, v58, v60, v63, v65, v61, v67, v59, v68, v53, v76, v89, v78, v85, v79, v80, v87
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v57 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v58 = tl.cumsum(v57, axis=0, reverse=False)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v60 = tl.exp(v58)  # cumulative decay in the chunk
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = ((-1.0) + v60)
+    v63 = (q * v62)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v63)  # park
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v65 = k
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v61 = gate_eta
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = (v65 * v61)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = v58
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 8 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v59)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 7 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v67)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v68 = tl.zeros((C, C), DTYPE)
+    v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v68_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v68_xA = q * v68_A
+    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v68_start = v68_k * BC
+        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+        v68 += v68_rows[:, None] * tl.dot((v68_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v68_p = v68_r + v68_j
+        v68_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v68_p[:, None] * D + tl.arange(0, D)[None, :])
+        v68_d = tl.sum(q * v68_y * tl.exp(tl.minimum(v58 - v68_b, 0.0)), axis=1)
+        v68 += tl.where(tl.arange(0, C)[None, :] == v68_p[:, None], v68_d[:, None], 0.0)
+    v68 = v68 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v72 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v72)
+        v64 = tl.dot(v63.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v66 = v55
+        v69 = tl.dot(v68.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v64 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v70 = (v64 - v69)
+        tl.store(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v60 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = v60
+    v76 = ((-1.0) + v75)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    v89 = tl.zeros((C, BV), DTYPE)
+    v77 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v70 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 = (v70 * v25)
+        v72 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v73 = (v72 + v71)
+        v74_c0 = (0.5 * v73)
+        v74 = (v74_c0 * (1.0 + tl.math.erf((v74_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
+        v21 = tl.load(scratch + HID * D + 3 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v89)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = (v76 * v77)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = v53
+    v61 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = v61
+    v85 = (v83 * v81)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = v58
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 8 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v80 = v59
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    v84 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = v31
+        v74 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v84 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v79 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v84)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v85)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v86 = tl.zeros((C, BV), DTYPE)
+    v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v86_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v86_start = v86_k * BC
+        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+        v86 += v86_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v86_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v86 = v86 * v86_A
+    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v86_p = v86_r + v86_j
+        v86_x = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C) * C + v86_p)
+        v86_y = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86_m = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v86_p)
+        v86_b = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + C * D + v86_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v86 += v86_x[:, None] * v86_y * v86_m[:, None] * tl.exp(tl.minimum(v79 - v86_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v78 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = (v78 - v86)
+    tl.store(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v87 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = (v87 * v29)
+    v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = (v89 + v88)
+    v91 = tl.sum((v90), axis=1)
+    v92 = (v91 / (D))
+    v93 = (v90 - v92[:, None])
+    v94 = (v93 * v93)
+    v95 = tl.sum((v94), axis=1)
+    v96 = (v95 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v101 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v102 = (v93 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v96[:, None])))))
+    v103 = tl.sum((v102), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_ln_weight_2_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 2 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v90 = v53
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    v68 = (v65 * v67)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    v110 = v68
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v107 = tl.sum((v106), axis=0)
+    v113 = v107
+    v122 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 = v31
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v114 = (v113[:, None] * w2)
+        v115 = (v114 - v112)  # layer 2 end state
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        v121 = (v115 * v115 * v115 * v115)
+        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
+    tl.debug_barrier()
+    v123 = (v122 / (D * HID))
+    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v72 = k
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = (v68 * v72)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v73 = v55
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v108 = (v107[None, :] * w1)
+        v109 = (v108 - v105)  # layer 1 end state
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        v116 = (v109 * v109 * v109 * v109)
+        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
+    tl.debug_barrier()
+    v118 = (v117 / (HID * D))
+    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v127 = tl.sum((v126), axis=0)
+    v132 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v128 = (v120 * v127[None, :])
+        v129 = tl.sum((v128), axis=1)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
+        v130_c0 = (0.5 * v129)
+        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v131 = (v125 * v130[None, :])
+        v132 += tl.sum((v131), axis=1)
+    tl.debug_barrier()
+    v133 = tl.sum((v132), axis=0)
+    v134 = (v133 / (D))
+    v135 = (v132 - v134)
+    v136 = (v135 * v135)
+    v137 = tl.sum((v136), axis=0)
+    v138 = (v137 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v144 = tl.sum((v143), axis=0)
+    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v148 = tl.sum((v147), axis=0)
+    v149 = (v148 / (D))
+    v150 = (2.0 * v135 * v149)
+    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v151 = (v146 + v150)
+    v152 = ((-1.0) * v151)
+    v153 = tl.sum((v152), axis=0)
+    v154 = (v153 / (D))
+    v155 = (v151 + v154)
+    v169 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v156 = (v125 * v155[:, None])
+        v157 = tl.sum((v156), axis=0)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
+        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
+        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v160 = (v127[None, :] * v159[:, None])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
+        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
+    tl.debug_barrier()
+    v170_c0 = (tl.sqrt(v118))
+    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
+    v171 = (v170 / (HID * D))
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v74 = (v72 * v67)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v75 = tl.zeros((C, C), DTYPE)
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v69 = ((-1.0) + v66)
+    v70 = (q * v69)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10500,562 +10815,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
-    v12 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v9 = (w1 * w1 * w1 * w1)
-        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
-    v13 = (v12 / (HID * D))
-    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v18 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
-        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
-        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
-        v31_c0 = (0.5 * v30)
-        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v16 = (w2 * w2 * w2 * w2)
-        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
-    tl.debug_barrier()
-    v19 = (v18 / (D * HID))
-    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v32 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    v40 = k
-    v41 = (v39 + v40)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = (v41 - v)
-    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
-    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = tl.sum((v45), axis=1)
-    v47 = (v46 / (D))
-    v48 = (2.0 * v35 * v47[:, None])
-    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v49 = (v44 + v48)
-    v50 = ((-1.0) * v49)
-    v51 = tl.sum((v50), axis=1)
-    v52 = (v51 / (D))
-    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
-    v90 = v53
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
-    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
-    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v64 = tl.sum((v63), axis=0)
-    v62 = v61
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
-    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
-    v67 = gate_eta
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v68 = (v65 * v67)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
-    v110 = v68
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
-    v111 = (v110 * v90)
-    v66 = tl.exp(v61)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v107 = tl.sum((v106), axis=0)
-    v113 = v107
-    v122 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 = v31
-        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
-        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v114 = (v113[:, None] * w2)
-        v115 = (v114 - v112)  # layer 2 end state
-        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
-        v121 = (v115 * v115 * v115 * v115)
-        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
-    tl.debug_barrier()
-    v123 = (v122 / (D * HID))
-    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    v72 = k
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v68 * v72)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v73 = v55
-        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
-        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v108 = (v107[None, :] * w1)
-        v109 = (v108 - v105)  # layer 1 end state
-        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
-        v116 = (v109 * v109 * v109 * v109)
-        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
-    tl.debug_barrier()
-    v118 = (v117 / (HID * D))
-    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
-    v127 = tl.sum((v126), axis=0)
-    v132 = tl.zeros((BV,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v128 = (v120 * v127[None, :])
-        v129 = tl.sum((v128), axis=1)
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
-        v130_c0 = (0.5 * v129)
-        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v131 = (v125 * v130[None, :])
-        v132 += tl.sum((v131), axis=1)
-    tl.debug_barrier()
-    v133 = tl.sum((v132), axis=0)
-    v134 = (v133 / (D))
-    v135 = (v132 - v134)
-    v136 = (v135 * v135)
-    v137 = tl.sum((v136), axis=0)
-    v138 = (v137 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
-    v144 = tl.sum((v143), axis=0)
-    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v148 = tl.sum((v147), axis=0)
-    v149 = (v148 / (D))
-    v150 = (2.0 * v135 * v149)
-    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
-    v151 = (v146 + v150)
-    v152 = ((-1.0) * v151)
-    v153 = tl.sum((v152), axis=0)
-    v154 = (v153 / (D))
-    v155 = (v151 + v154)
-    v169 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v156 = (v125 * v155[:, None])
-        v157 = tl.sum((v156), axis=0)
-        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
-        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
-        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v160 = (v127[None, :] * v159[:, None])
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
-        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
-        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
-        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
-        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
-    tl.debug_barrier()
-    v170_c0 = (tl.sqrt(v118))
-    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
-    v171 = (v170 / (HID * D))
-    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v74 = (v72 * v67)
-    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
-    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
-    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v69 = ((-1.0) + v66)
-    v70 = (q * v69)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
-        v172 = (4.0 * v171 * (v109 * v109 * v109))
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
-        v177 = (d_new_w1 + v167 + v172)
-        v178 = ((-1.0) * v177)
-        v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
-        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v23 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77 = (v71 - v76)
-        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-        v22 = (w1 * w1)
-        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
-    tl.debug_barrier()
-    v24 = (v23 / (HID * D))
-    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v88 = v67
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = (v90 * v88)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v86 = v61
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v87 = v62
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
-    v91 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v77 * v25)
-        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v79 + v78)
-        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
-    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = v66
-    v83 = ((-1.0) + v82)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
-    v84 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v85 = (v83 * v84)
-    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = (v85 - v93)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
-    v27 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v26 = (w2 * w2)
-        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    v28 = (v27 / (D * HID))
-    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = (v94 * v29)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
-    v96 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = (v96 + v95)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v97 - v99[:, None])
-    v101 = (v100 * v100)
-    v102 = tl.sum((v101), axis=1)
-    v103 = (v102 / (D))
-    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
-    v181 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v182 = tl.sum((v181), axis=1)
-    v183 = (v182 / (D))
-    v184 = (2.0 * v100 * v183[:, None])
-    v180 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
-    v185 = (v180 + v184)
-    v186 = ((-1.0) * v185)
-    v187 = tl.sum((v186), axis=1)
-    v188 = (v187 / (D))
-    v189 = (v185 + v188[:, None])
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
-    v191 = (v29 * v189)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
-    v192 = ((-1.0) * v191)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v193 = tl.zeros((C, C), DTYPE)
-    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v193_xA = v192 * v193_A
-    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v193_start = v193_k * BC
-        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
-        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v193_p = v193_r + v193_j
-        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
-        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
-    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v199 = (v83 * v191)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
-    tl.debug_barrier()
-    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v201 = (v190 + v196 + v200)
-        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v203 = (v25 * v202)
-        v204 = ((-1.0) * v203)
-        v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v206 = (v179 + v205)
-        v207 = v206
-        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
-        v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
-    tl.debug_barrier()
-    v209 = tl.zeros((C, BV), DTYPE)
-    v163 = tl.zeros((), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
-        v158 = (v130[None, :] * v155[:, None])
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
-        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
-        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
-        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
-        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
-    tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
-    v164_c0 = (tl.sqrt(v123))
-    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
-    v165 = (v164 / (D * HID))
-    v175 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v166 = (4.0 * v165 * (v115 * v115 * v115))
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v173 = (d_new_w2 + v161 + v166)
-        v174 = ((-1.0) * v173)
-        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v176 = (v110 * v175)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
-    tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v194 = tl.zeros((C, BV), DTYPE)
-    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
-    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v194_start = v194_k * BC
-        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
-        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
-        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v194_p = v194_r + v194_j
-        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
-        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
-        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
-    tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v195 = (v88 * v194)
-    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v197 = (v176 + v195)
-    v198 = v197
-    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v210 = (v198 + v209)
-    v211 = tl.sum((v210), axis=1)
-    v212 = (v211 / (D))
-    v213 = ((-1.0) * v212)
-    v214 = (v210 + v213[:, None])
-    v43 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v215 = (v43 * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v216 = tl.sum((v215), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v216.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
-
-@triton.jit(do_not_specialize=["T", "chunk_base"])
-def chunk_grad_ln_weight_4_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
-    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
-    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    """Term 4 of the gradient of one chunk's `ln_weight`."""
-    pid = tl.program_id(0)
-    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
-        row = pid % H
-        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
-        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
-        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
-    else:  # program = row
-        row = pid
-        bos = 0
-        seq_len = T
-        first_chunk = pid * tl.cdiv(T, C)
-    offs_t = tl.arange(0, C)
-    offs_s = tl.arange(0, C)
-    offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
-    offs_g = tl.arange(0, BH)
-    offs_h = tl.arange(0, BH)
-    offs_i = tl.arange(0, D)
-    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
-    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
-    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
-    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
-    # (shorter packed sequences) reads its last chunk again and writes nothing
-    chunk = chunk_base + tl.program_id(1)
-    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
-    tok = c * C
-    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v43, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11106,8 +10866,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v41 = (v39 + v40)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = (v41 - v)
-    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -11138,7 +10900,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -11284,6 +11049,569 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v172 = (4.0 * v171 * (v109 * v109 * v109))
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v167 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
+        v177 = (d_new_w1 + v167 + v172)
+        v178 = ((-1.0) * v177)
+        v179 = tl.dot(v104.to(DOT_DTYPE), tl.trans(v178).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v179)
+        v73 = tl.load(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v76 = tl.load(scratch + 3 * HID * D + 5 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v77 = (v71 - v76)
+        tl.store(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
+        v22 = (w1 * w1)
+        v23 += tl.sum(tl.sum((v22), axis=1), axis=0)
+    tl.debug_barrier()
+    v24 = (v23 / (HID * D))
+    v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = v67
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = (v90 * v88)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = v61
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v87 = v62
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    v91 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v77 = tl.load(scratch + 3 * HID * D + 6 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v78 = (v77 * v25)
+        v15 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+        v79 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = (v79 + v78)
+        tl.store(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v93 = tl.zeros((C, BV), DTYPE)
+    v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v93_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v93_start = v93_k * BC
+        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v93 = v93 * v93_A
+    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v93_p = v93_r + v93_j
+        v93_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+        v93_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+        v93_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = v66
+    v83 = ((-1.0) + v82)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    v84 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = (v83 * v84)
+    v93 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = (v85 - v93)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v94)  # park
+    v27 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v26 = (w2 * w2)
+        v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
+    v28 = (v27 / (D * HID))
+    v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
+    tl.debug_barrier()  # parked tiles other threads stored
+    v94 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = (v94 * v29)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    v96 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v81 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v95 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = (v96 + v95)
+    v98 = tl.sum((v97), axis=1)
+    v99 = (v98 / (D))
+    v100 = (v97 - v99[:, None])
+    v101 = (v100 * v100)
+    v102 = tl.sum((v101), axis=1)
+    v103 = (v102 / (D))
+    v145 = (d_out * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
+    v181 = ((-0.5) * v100 * ln_weight[None, :] * v145 / (((tl.full((), 1e-05, DTYPE) + v103[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v182 = tl.sum((v181), axis=1)
+    v183 = (v182 / (D))
+    v184 = (2.0 * v100 * v183[:, None])
+    v180 = (ln_weight[None, :] * v145 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103[:, None])))))
+    v185 = (v180 + v184)
+    v186 = ((-1.0) * v185)
+    v187 = tl.sum((v186), axis=1)
+    v188 = (v187 / (D))
+    v189 = (v185 + v188[:, None])
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v189)  # park
+    v191 = (v29 * v189)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v191)  # park
+    v192 = ((-1.0) * v191)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v192)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v193 = tl.zeros((C, C), DTYPE)
+    v193_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v193_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v193_xA = v192 * v193_A
+    for v193_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v193_start = v193_k * BC
+        v193_B = tl.where(tl.arange(0, C)[:, None] < v193_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
+        v193_rows = tl.where(tl.arange(0, C) // BC == v193_k, 1.0, 0.0)
+        v193 += v193_rows[:, None] * tl.dot((v193_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v193_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v193_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v193_p = v193_r + v193_j
+        v193_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v193_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v193_d = tl.sum(v192 * v193_y * tl.exp(tl.minimum(v86 - v193_b, 0.0)), axis=1)
+        v193 += tl.where(tl.arange(0, C)[None, :] == v193_p[:, None], v193_d[:, None], 0.0)
+    v193 = v193 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v83 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v191 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v199 = (v83 * v191)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v199)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v189 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v190 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v189).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v190)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v196 = tl.trans(tl.dot(tl.trans(v89).to(DOT_DTYPE), tl.trans(v193).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v196)
+    tl.debug_barrier()
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v199 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v200 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v199).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v190 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v196 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v201 = (v190 + v196 + v200)
+        v80 = tl.load(scratch + 3 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v202_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
+        v202 = (v201 * (0.5 + (0.5 * tl.math.erf(v202_c0)) + (v202_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v203 = (v25 * v202)
+        v204 = ((-1.0) * v203)
+        v205 = tl.dot(tl.trans(v75).to(DOT_DTYPE), v204.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v179 = tl.load(scratch + 3 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v206 = (v179 + v205)
+        v207 = v206
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v208_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v208 = (v207 * (0.5 + (0.5 * tl.math.erf(v208_c0)) + (v208_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v208)
+    tl.debug_barrier()
+    v209 = tl.zeros((C, BV), DTYPE)
+    v163 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v208 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 3 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v209 += tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v208).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v130 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h)
+        v158 = (v130[None, :] * v155[:, None])
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v161_c0 = tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0))
+        v161 = (v158 * ((v124 * (v161_c0 * v161_c0) * (v115 * v115)) + (2.0 * v161_c0 * v115 * v124 * tl.abs(v115))))
+        tl.store(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :], v161)
+        v162 = (v158 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        v163 += tl.sum(tl.sum((v162), axis=1), axis=0)
+    tl.debug_barrier()
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v209)  # park
+    v164_c0 = (tl.sqrt(v123))
+    v164 = ((-0.5) * v163 / (v164_c0 * ((tl.full((), 1e-06, DTYPE) + v164_c0) * (tl.full((), 1e-06, DTYPE) + v164_c0))))
+    v165 = (v164 / (D * HID))
+    v175 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v166 = (4.0 * v165 * (v115 * v115 * v115))
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v161 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 3 * BV * HID + 2 * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v173 = (d_new_w2 + v161 + v166)
+        v174 = ((-1.0) * v173)
+        v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v175 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v174).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v176 = (v110 * v175)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v176)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v192 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v192)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v194 = tl.zeros((C, BV), DTYPE)
+    v194_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v194_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v194_xA = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v194_A
+    for v194_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v194_start = v194_k * BC
+        v194_B = tl.where(tl.arange(0, C)[:, None] < v194_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
+        v194_rows = tl.where(tl.arange(0, C) // BC == v194_k, 1.0, 0.0)
+        v194 += v194_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v194_xA * v194_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v194_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v194_p = v194_r + v194_j
+        v194_x = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + C * BV + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + v194_p * C + tl.arange(0, C))
+        v194_m = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * C + C * BV + v194_p * C + tl.arange(0, C))
+        v194_a = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v194_p[:, None] * BV + tl.arange(0, BV)[None, :])
+        v194 += v194_x * v194_y[:, None] * v194_m[:, None] * tl.exp(tl.minimum(v194_a - v87, 0.0))
+    tl.debug_barrier()  # every slice read before the slots are written again
+    v88 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v195 = (v88 * v194)
+    v176 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v197 = (v176 + v195)
+    v198 = v197
+    v209 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v210 = (v198 + v209)
+    v211 = tl.sum((v210), axis=1)
+    v212 = (v211 / (D))
+    v213 = ((-1.0) * v212)
+    v214 = (v210 + v213[:, None])
+    v43 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v215 = (v43 * v214 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v216 = tl.sum((v215), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v216.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_grad_ln_weight_4_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Term 4 of the gradient of one chunk's `ln_weight`."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    grad_block_ptr = grad_ln_weight_ptr + tl.program_id(2) * grad_block_stride
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * C + 21 * C * BV)  # v15, v30, v31, v21, v89, v115, v125, v73, v109, v129, v130, v167, v179, v76, v77, v80, v81, v190, v196, v208, v161, v74, v61, v91, v92, causal, v192, v35, v42, v53, v90, v61, v62, v67, v68, v110, v66, v72, v104, v75, v70, v88, v92, v86, v87, v91, v93, v83, v94, v95, v189, v191, v192, v199, v209, v176
+    v12 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v9 = (w1 * w1 * w1 * w1)
+        v12 += tl.sum(tl.sum((v9), axis=1), axis=0)
+    v13 = (v12 / (HID * D))
+    v14 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v13)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v18 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v15 = (v14 * (w1 * w1) * tl.abs(w1) * tl.where(w1 > 0, 1.0, tl.where(w1 < 0, -1.0, 0.0)))
+        tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v15)
+        v30 = tl.dot(k.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v30)
+        v31_c0 = (0.5 * v30)
+        v31 = (v31_c0 * (1.0 + tl.math.erf((v31_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v16 = (w2 * w2 * w2 * w2)
+        v18 += tl.sum(tl.sum((v16), axis=1), axis=0)
+    tl.debug_barrier()
+    v19 = (v18 / (D * HID))
+    v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v32 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = (v20 * (w2 * w2) * tl.abs(w2) * tl.where(w2 > 0, 1.0, tl.where(w2 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v21)
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v32 - v34[:, None])
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    v36 = (v35 * v35)
+    v37 = tl.sum((v36), axis=1)
+    v38 = (v37 / (D))
+    v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
+    v40 = k
+    v41 = (v39 + v40)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = (v41 - v)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
+    v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v46 = tl.sum((v45), axis=1)
+    v47 = (v46 / (D))
+    v48 = (2.0 * v35 * v47[:, None])
+    v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
+    v49 = (v44 + v48)
+    v50 = ((-1.0) * v49)
+    v51 = tl.sum((v50), axis=1)
+    v52 = (v51 / (D))
+    v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    v90 = v53
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v90)  # park
+    v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v61 = tl.cumsum(v60, axis=0, reverse=False)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v64 = tl.sum((v63), axis=0)
+    v62 = v61
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
+    v67 = gate_eta
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    v68 = (v65 * v67)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
+    v110 = v68
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.exp(v61)  # cumulative decay in the chunk
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v107 = tl.sum((v106), axis=0)
+    v113 = v107
+    v122 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 = v31
+        tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
+        v112 = tl.dot(tl.trans(v111).to(DOT_DTYPE), v89.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v114 = (v113[:, None] * w2)
+        v115 = (v114 - v112)  # layer 2 end state
+        tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v115)
+        v121 = (v115 * v115 * v115 * v115)
+        v122 += tl.sum(tl.sum((v121), axis=1), axis=0)
+    tl.debug_barrier()
+    v123 = (v122 / (D * HID))
+    v124 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v123)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    v72 = k
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = (v68 * v72)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v115 = tl.load(scratch + HID * D + 3 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v125 = (v124 * (v115 * v115) * tl.abs(v115) * tl.where(v115 > 0, 1.0, tl.where(v115 < 0, -1.0, 0.0)))
+        tl.store(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v125)
+        v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v54 = tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v30 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v30 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v30 * v30))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v73 = v55
+        tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
+        v105 = tl.trans(tl.dot(tl.trans(v104).to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v108 = (v107[None, :] * w1)
+        v109 = (v108 - v105)  # layer 1 end state
+        tl.store(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :], v109)
+        v116 = (v109 * v109 * v109 * v109)
+        v117 += tl.sum(tl.sum((v116), axis=1), axis=0)
+    tl.debug_barrier()
+    v118 = (v117 / (HID * D))
+    v119 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v118)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v126 = (q * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
+    v127 = tl.sum((v126), axis=0)
+    v132 = tl.zeros((BV,), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v120 = (v119 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v128 = (v120 * v127[None, :])
+        v129 = tl.sum((v128), axis=1)
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h, v129)
+        v130_c0 = (0.5 * v129)
+        v130 = (v130_c0 * (1.0 + tl.math.erf((v130_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + HID + offs_h, v130)
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v131 = (v125 * v130[None, :])
+        v132 += tl.sum((v131), axis=1)
+    tl.debug_barrier()
+    v133 = tl.sum((v132), axis=0)
+    v134 = (v133 / (D))
+    v135 = (v132 - v134)
+    v136 = (v135 * v135)
+    v137 = tl.sum((v136), axis=0)
+    v138 = (v137 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v143 = (tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * d_out)
+    v144 = tl.sum((v143), axis=0)
+    v147 = ((-0.5) * v135 * ln_weight * v144 / (((tl.full((), 1e-05, DTYPE) + v138) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v148 = tl.sum((v147), axis=0)
+    v149 = (v148 / (D))
+    v150 = (2.0 * v135 * v149)
+    v146 = (ln_weight * v144 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v138)))))
+    v151 = (v146 + v150)
+    v152 = ((-1.0) * v151)
+    v153 = tl.sum((v152), axis=0)
+    v154 = (v153 / (D))
+    v155 = (v151 + v154)
+    v169 = tl.zeros((), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v125 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v156 = (v125 * v155[:, None])
+        v157 = tl.sum((v156), axis=0)
+        v129 = tl.load(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_h)
+        v159_c0 = (0.5 * v129 * tl.full((), 1.4142135623730951, DTYPE))
+        v159 = (v157 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v129 * v129))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v160 = (v127[None, :] * v159[:, None])
+        v109 = tl.load(scratch + HID * D + 4 * C * HID + 3 * BV * HID + offs_h[:, None] * D + offs_i[None, :])
+        v167_c0 = tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0))
+        v167 = (v160 * ((v119 * (v167_c0 * v167_c0) * (v109 * v109)) + (2.0 * v167_c0 * v109 * v119 * tl.abs(v109))))
+        tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + 2 * HID + offs_h[:, None] * D + offs_i[None, :], v167)
+        v168 = (v160 * (v109 * v109) * tl.abs(v109) * tl.where(v109 > 0, 1.0, tl.where(v109 < 0, -1.0, 0.0)))
+        v169 += tl.sum(tl.sum((v168), axis=1), axis=0)
+    tl.debug_barrier()
+    v170_c0 = (tl.sqrt(v118))
+    v170 = ((-0.5) * v169 / (v170_c0 * ((tl.full((), 1e-06, DTYPE) + v170_c0) * (tl.full((), 1e-06, DTYPE) + v170_c0))))
+    v171 = (v170 / (HID * D))
+    v67 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v74 = (v72 * v67)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v61)
+    tl.debug_barrier()  # the slices below come from tiles other threads stored
+    v75 = tl.zeros((C, C), DTYPE)
+    v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
+    v75_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+    v75_xA = q * v75_A
+    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+        v75_start = v75_k * BC
+        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
+        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+        v75_p = v75_r + v75_j
+        v75_y = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_b = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + C * D + v75_p[:, None] * D + tl.arange(0, D)[None, :])
+        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
+        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
+    tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v66 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v69 = ((-1.0) + v66)
+    v70 = (q * v69)
+    tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11754,6 +12082,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v42 = (v41 - v)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v42)  # park
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
@@ -11784,7 +12114,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v68)  # park
     v110 = v68
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v111 = (v110 * v90)
+    v61 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.exp(v61)  # cumulative decay in the chunk
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v106 = (v66 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
@@ -11930,6 +12263,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v70 = (q * v69)
     tl.store(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v104 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

@@ -34,6 +34,7 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['s', 'h'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o']],
                            'value_blocks': 'none',
@@ -46,9 +47,12 @@ DESCRIPTION = {'spec': 'titans',
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'u'],
                                      ['t', 's'],
                                      ['t', 'i'],
-                                     ['t', 'i']],
+                                     ['t', 'i'],
+                                     ['t', 's']],
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False},
@@ -85,23 +89,35 @@ DESCRIPTION = {'spec': 'titans',
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['t', 'i'],
+                                       ['t', 'u'],
                                        ['t', 'i'],
                                        ['s', 'i'],
+                                       ['t', 's'],
                                        ['s', 'u'],
                                        ['t', 's'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
@@ -124,6 +140,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -143,6 +161,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'u'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -161,6 +181,8 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'u'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -180,10 +202,16 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 's'],
+                                          ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
                                           ['t', 'o'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
@@ -206,12 +234,16 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -245,7 +277,12 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'u'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['t', 'i'],
@@ -253,10 +290,17 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 15.0,
@@ -278,12 +322,16 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -309,12 +357,17 @@ DESCRIPTION = {'spec': 'titans',
                                           ['s', 'h'],
                                           ['o', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -335,10 +388,15 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'u'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 9.0,
@@ -348,6 +406,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['h', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
@@ -365,13 +424,18 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'u'],
                                                    ['s', 'u'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'u']],
@@ -390,13 +454,19 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'u'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
+                                                   ['t', 'i'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'u'],
@@ -405,7 +475,13 @@ DESCRIPTION = {'spec': 'titans',
                                        'tiles': 13.5,
                                        'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['h', 'i'], ['s', 'i']],
+                                     'scratch': [['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['s', 'h'],
+                                                 ['h', 'i'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -420,6 +496,7 @@ DESCRIPTION = {'spec': 'titans',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 'u'],
                                                  ['t', 's'],
@@ -446,11 +523,15 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['t', 's'],
+                                                   ['s', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 10.0,
@@ -460,6 +541,8 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['s', 'h'],
                                                    ['h', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
                                        'tiles': 6.5,
@@ -475,6 +558,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
@@ -502,6 +586,7 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
@@ -522,6 +607,10 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
+                                                  ['t', 'u'],
+                                                  ['t', 'i'],
+                                                  ['t', 's'],
                                                   ['t', 's'],
                                                   ['t', 's'],
                                                   ['t', 'o']],
@@ -546,12 +635,16 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -578,12 +671,17 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['o', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
+                                                  ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -610,12 +708,16 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['o', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
+                                                  ['t', 's'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -647,12 +749,16 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['o', 'h'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
+                                                ['t', 'u'],
                                                 ['s', 'u'],
                                                 ['t', 's'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
+                                                ['t', 's'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -707,7 +813,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * BV)  # v12, v13, v70, v71, v87, v92
+        scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV)  # v12, v13, v70, v71, v18, v87, v92
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -725,6 +831,7 @@ def chunk_state_fwd_kernel(
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
@@ -733,6 +840,8 @@ def chunk_state_fwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
+        tl.debug_barrier()  # parked tiles other threads stored
+        v18 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
@@ -774,7 +883,7 @@ def chunk_state_fwd_kernel(
         v76 = tl.sum((v75), axis=0)
         v72 = v35
         v87 = (v72 * v67[:, None])
-        tl.store(scratch + 4 * C * HID + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+        tl.store(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
@@ -782,7 +891,7 @@ def chunk_state_fwd_kernel(
         v84 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v85 = tl.sum((v84), axis=0)
         v92 = (v72 * v68[:, None])
-        tl.store(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+        tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v92)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -806,7 +915,7 @@ def chunk_state_fwd_kernel(
             v71 = v13
             tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v87 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v87 = tl.load(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -827,7 +936,7 @@ def chunk_state_fwd_kernel(
             tl.store(starts_s1_ptr + ((first_chunk + c) + 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(starts_s1_ptr.dtype.element_ty), mask=(c + 1) * C < seq_len)
             tl.store(final_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v86.to(final_s1_ptr.dtype.element_ty), mask=(c + 1) * C >= seq_len)
         tl.debug_barrier()
-        v92 = tl.load(scratch + 4 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v92 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -876,7 +985,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + C * BV + C * C + 2 * C * D)  # v12, v13, v66, v68, v69, v35, v53, v59, v57
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D)  # v12, v13, v66, v68, v69, v18, v35, v50, v53, v59, v57, v77
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -894,6 +1003,7 @@ def chunk_out_fwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -902,6 +1012,8 @@ def chunk_out_fwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -912,12 +1024,13 @@ def chunk_out_fwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -926,20 +1039,24 @@ def chunk_out_fwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -952,8 +1069,8 @@ def chunk_out_fwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 5 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 5 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -989,10 +1106,13 @@ def chunk_out_fwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
+    v77 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
     v80 = tl.sum((v79), axis=1)
@@ -1047,7 +1167,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 11 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v146, v153, v159, v165, v124, v126, v131, v160, v163, v166, v111, v115, v116, v151, v112, v167, v118, v157, v168, v110, v117, v70, v72, v75, v61, v62, v78, v18, v25, v35, v88, v141, v145, v155, v125, v130, v114, v121, v144, v149, v197
+        scratch = scratch_ptr + slot * (3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 20 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v146, v153, v159, v165, v124, v126, v131, v160, v163, v166, v111, v115, v116, v151, v112, v167, v118, v157, v168, v110, v117, v70, v59, v72, v75, v77, v61, v62, v78, v18, v25, v26, v35, v88, v90, v132, v141, v142, v145, v152, v155, v125, v130, v114, v121, v144, v149, v174, v175, v179, v186, v187, v197
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1059,6 +1179,7 @@ def chunk_state_bwd_kernel(
         tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v70)  # park
         v44 = v43
         v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v59)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
         v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -1067,20 +1188,28 @@ def chunk_state_bwd_kernel(
         v64 = (v59 * v63[None, :])
         v65 = tl.sum((v64), axis=1)
         v72 = (q * v65[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v75 = k
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
         v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v77)  # park
         v53 = v52
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
         v50 = gate_eta
         v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v59 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
         v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v77 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v78 = (v77 * v62)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v70 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1110,7 +1239,7 @@ def chunk_state_bwd_kernel(
         v16 = tl.sum((v14), axis=1)
         v17 = (v16 / (D))
         v18 = (v14 - v17[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
         v19 = (v18 * v18)
         v20 = tl.sum((v19), axis=1)
         v21 = (v20 / (D))
@@ -1119,22 +1248,26 @@ def chunk_state_bwd_kernel(
         v24 = (v22 + v23)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v18 * v29[:, None])
+        v26 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         v88 = v35
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1178,9 +1311,11 @@ def chunk_state_bwd_kernel(
             v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v90 = (v89 * v62)
-        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v92 = (v86 - v91)
         v93 = tl.sum((v92), axis=1)
@@ -1191,48 +1326,66 @@ def chunk_state_bwd_kernel(
         v98 = (v97 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v132 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v132)  # park
         v133 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
         v134 = tl.sum((v133), axis=1)
         v135 = (v134 / (D))
         v136 = (2.0 * v95 * v135[:, None])
+        tl.debug_barrier()  # parked tiles other threads stored
+        v132 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v137 = (v132 + v136)
         v138 = ((-1.0) * v137)
         v139 = tl.sum((v138), axis=1)
         v140 = (v139 / (D))
         v141 = (v137 + v140[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
         v142 = ((-1.0) * v141)
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v143 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         v145 = (v62 * v143)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v152 = (v141 * v65[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
         v155 = (v141 * v49[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v56 = tl.sum((v55), axis=0)
         v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
         v69 = (v57 * v50)
         tl.debug_barrier()  # parked tiles other threads stored
-        v75 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v75 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         v125 = (v75 * v69[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v125)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v125)  # park
         v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v47 = tl.sum((v46), axis=0)
         v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
         v66 = v48
         tl.debug_barrier()  # parked tiles other threads stored
-        v61 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+        v61 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
         v67 = (v61 * v66[None, :])
         v68 = tl.sum((v67), axis=1)
         v130 = (v75 * v68[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v130)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v130)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v114 = (v88 * v69[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
         v121 = (v88 * v68[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v121)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v121)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v90 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v142 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v152 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1244,7 +1397,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v153)
         tl.debug_barrier()
         v70 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v155 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v155 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1263,8 +1416,8 @@ def chunk_state_bwd_kernel(
             v124 = ((-1.0) * d_new_s1)
             tl.store(scratch + 2 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
         tl.debug_barrier()
-        v125 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v130 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v125 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v130 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1279,8 +1432,8 @@ def chunk_state_bwd_kernel(
             v160 = ((-1.0) * v159)
             tl.store(scratch + 3 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v160)
         tl.debug_barrier()
-        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v114 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v114 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1308,8 +1461,8 @@ def chunk_state_bwd_kernel(
             v116 = ((-1.0) * d_new_w2)
             tl.store(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v116)
         tl.debug_barrier()
-        v121 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v121 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1337,10 +1490,10 @@ def chunk_state_bwd_kernel(
             v119 = (v87 * v68[:, None])
             v116 = tl.load(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
             v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v144 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v148 = (v113 + v120 + v144)
         v149 = v148
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
         v169 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1353,38 +1506,55 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v149 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v149 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v170 = (v149 + v169)
         v171 = tl.sum((v170), axis=1)
         v172 = (v171 / (D))
         v173 = ((-1.0) * v172)
         v174 = (v170 + v173[:, None])
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v174)  # park
         v175 = (2.0 * v29[:, None] * v174)
-        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v175)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v176 = (2.0 * v18 * v174)
         v177 = tl.sum((v176), axis=1)
         v178 = (v177 / (D))
-        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v179 = ((-0.5) * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
         v182 = ((-0.5) * v18 * ln_weight[None, :] * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v174 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v185 = (ln_weight[None, :] * v174 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v186 = (v182 + v185)
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v186)  # park
         v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v187)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v180 = (0.75 * v18 * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v181 = tl.sum((v180), axis=1)
+        v174 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v183 = ((-0.5) * ln_weight[None, :] * v25 * v174 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v184 = tl.sum((v183), axis=1)
+        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v186 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v188 = ((-0.5) * v18 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
         v189 = tl.sum((v188), axis=1)
         v190 = (v181 + v184 + v189)
         v191 = (v190 / (D))
         v192 = (2.0 * v18 * v191[:, None])
+        v175 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v179 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v187 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v193 = (v175 + v179 + v187 + v192)
         v194 = ((-1.0) * v193)
         v195 = tl.sum((v194), axis=1)
         v196 = (v195 / (D))
         v197 = (v193 + v196[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
+        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
         v103 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v104 = tl.sum((v103), axis=0)
         v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
@@ -1411,8 +1581,8 @@ def chunk_state_bwd_kernel(
             v118 = (v100 * d_new_w2)
             tl.store(scratch + 3 * HID * D + 21 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
         tl.debug_barrier()
-        v35 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v35 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1423,8 +1593,8 @@ def chunk_state_bwd_kernel(
             v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 3 * HID * D + 21 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v168)
         tl.debug_barrier()
-        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v197 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v197 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1452,7 +1622,7 @@ def chunk_state_bwd_kernel(
             v117 = (v102 * d_new_w2)
             tl.store(scratch + 3 * HID * D + 21 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v117)
         tl.debug_barrier()
-        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1542,7 +1712,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * BV + C * C + 3 * C * D)  # v12, v13, v63, v66, v67, v68, v69, v74, v104, v106, v35, v53, v62, v59, v57, v107
+    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 2 * C * C + 3 * C * D)  # v12, v13, v63, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v62, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1560,6 +1730,7 @@ def chunk_grad_q_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1568,6 +1739,8 @@ def chunk_grad_q_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1578,12 +1751,13 @@ def chunk_grad_q_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -1592,21 +1766,25 @@ def chunk_grad_q_1_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1620,8 +1798,8 @@ def chunk_grad_q_1_bwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 10 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1660,9 +1838,9 @@ def chunk_grad_q_1_bwd_kernel(
         v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1685,10 +1863,11 @@ def chunk_grad_q_1_bwd_kernel(
     v100 = (v96 + v99[:, None])
     v101 = ((-1.0) * v100)
     v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1699,7 +1878,7 @@ def chunk_grad_q_1_bwd_kernel(
         v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 10 * C * HID + C * BV + C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1715,9 +1894,9 @@ def chunk_grad_q_1_bwd_kernel(
         v111 = ((-1.0) * v110)
         v63 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v113 = (v53 * v112)
-    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1757,7 +1936,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * BV + C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v35, v53, v59, v57, v107
+    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1775,6 +1954,7 @@ def chunk_grad_q_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1783,6 +1963,8 @@ def chunk_grad_q_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1793,12 +1975,13 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -1807,20 +1990,24 @@ def chunk_grad_q_2_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1833,8 +2020,8 @@ def chunk_grad_q_2_bwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1873,9 +2060,9 @@ def chunk_grad_q_2_bwd_kernel(
         v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -1898,10 +2085,11 @@ def chunk_grad_q_2_bwd_kernel(
     v100 = (v96 + v99[:, None])
     v101 = ((-1.0) * v100)
     v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1912,7 +2100,7 @@ def chunk_grad_q_2_bwd_kernel(
         v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1966,7 +2154,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 2 * C * BV + C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v35, v53, v59, v57, v107
+    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v59, v57, v107
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1984,6 +2172,7 @@ def chunk_grad_q_3_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1992,6 +2181,8 @@ def chunk_grad_q_3_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2002,12 +2193,13 @@ def chunk_grad_q_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -2016,20 +2208,24 @@ def chunk_grad_q_3_bwd_kernel(
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v65 = (v64 * v53)
     v49 = tl.exp(v46)  # cumulative decay in the chunk
     v54 = v49
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2042,8 +2238,8 @@ def chunk_grad_q_3_bwd_kernel(
         v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2082,9 +2278,9 @@ def chunk_grad_q_3_bwd_kernel(
         v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -2107,10 +2303,11 @@ def chunk_grad_q_3_bwd_kernel(
     v100 = (v96 + v99[:, None])
     v101 = ((-1.0) * v100)
     v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v103 = (v53 * v102)
     v105 = (v100 * v56[:, None])
     v107 = (v100 * v43[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2121,7 +2318,7 @@ def chunk_grad_q_3_bwd_kernel(
         v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2175,7 +2372,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D)  # v12, v13, v76, v79, v80, v81, v82, v87, v123, v125, v35, v61, v62, v72, v70, v126, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C * BV + 5 * C * C + 3 * C * D)  # v12, v13, v76, v79, v80, v81, v82, v87, v123, v125, v18, v35, v59, v61, v62, v72, v70, v90, v88, v119, v122, v126, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2193,6 +2390,7 @@ def chunk_grad_k_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -2201,6 +2399,8 @@ def chunk_grad_k_0_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2211,12 +2411,13 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -2224,22 +2425,26 @@ def chunk_grad_k_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 10 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2253,8 +2458,8 @@ def chunk_grad_k_0_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2293,10 +2498,15 @@ def chunk_grad_k_0_bwd_kernel(
         v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -2316,12 +2526,21 @@ def chunk_grad_k_0_bwd_kernel(
     v117 = tl.sum((v116), axis=1)
     v118 = (v117 / (D))
     v119 = (v115 + v118[:, None])
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
     v120 = ((-1.0) * v119)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v122 = (v62 * v121)
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v122)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v124 = (v119 * v65[:, None])
     v126 = (v119 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v122 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2332,7 +2551,7 @@ def chunk_grad_k_0_bwd_kernel(
         v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
     tl.debug_barrier()
-    v126 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v126 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v131 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2348,10 +2567,10 @@ def chunk_grad_k_0_bwd_kernel(
         v130 = ((-1.0) * v129)
         v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v132 = (v62 * v131)
     v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 5 * C * BV + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v133)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
@@ -2362,7 +2581,7 @@ def chunk_grad_k_0_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v106 = tl.zeros((C, D), DTYPE)
@@ -2379,7 +2598,7 @@ def chunk_grad_k_0_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v107 = ((-1.0) * d_new_w1)
         v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v133 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 5 * C * BV + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v134 = (v106 + v109 + v133)
     v135 = v134
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2420,7 +2639,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2447,6 +2666,8 @@ def chunk_grad_k_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2463,6 +2684,7 @@ def chunk_grad_k_1_bwd_kernel(
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -2470,24 +2692,28 @@ def chunk_grad_k_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2500,8 +2726,8 @@ def chunk_grad_k_1_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2540,8 +2766,10 @@ def chunk_grad_k_1_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -2564,31 +2792,40 @@ def chunk_grad_k_1_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2599,8 +2836,8 @@ def chunk_grad_k_1_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2619,8 +2856,8 @@ def chunk_grad_k_1_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2656,8 +2893,8 @@ def chunk_grad_k_1_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2666,11 +2903,11 @@ def chunk_grad_k_1_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -2722,7 +2959,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 3 * C * D + 3 * C * C)  # v12, v13, v36, v116, v117, v119, v71, v80, v87, v81, v82, v134, v141, v149, v150, v104, v108, v109, v113, v139, v110, v18, v25, v118, v62, v78, v70, v72, v88, v133, v142, v107, v112, v132, v106, v137
+    scratch = scratch_ptr + slot * (18 * C * HID + HID * D + 2 * BV * HID + 17 * C * BV + 4 * C * D + 6 * C * C)  # v12, v13, v36, v116, v117, v119, v71, v80, v87, v81, v82, v134, v141, v149, v150, v104, v108, v109, v113, v139, v110, v18, v25, v26, v35, v115, v118, v77, v59, v62, v78, v70, v72, v88, v90, v130, v133, v142, v107, v112, v132, v106, v137, v157, v158, v162, v169, v170
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2751,15 +2988,20 @@ def chunk_grad_k_2_bwd_kernel(
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v18 * v29[:, None])
+    v26 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v75 = k
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
@@ -2773,6 +3015,7 @@ def chunk_grad_k_2_bwd_kernel(
     v50 = gate_eta
     v69 = (v57 * v50)
     v115 = (v75 * v69[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v115)  # park
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -2785,25 +3028,35 @@ def chunk_grad_k_2_bwd_kernel(
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v118 = (v75 * v68[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v118)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v118)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + C * C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v77 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v62)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 3 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v115 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2818,8 +3071,8 @@ def chunk_grad_k_2_bwd_kernel(
         v117 = ((-1.0) * d_new_w1)
         tl.store(scratch + 4 * C * HID + offs_h[:, None] * D + offs_i[None, :], v117)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v118 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v118 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2830,8 +3083,8 @@ def chunk_grad_k_2_bwd_kernel(
         v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v71)
     tl.debug_barrier()
-    v72 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2874,9 +3127,11 @@ def chunk_grad_k_2_bwd_kernel(
         v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + 3 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -2897,18 +3152,29 @@ def chunk_grad_k_2_bwd_kernel(
     v128 = (v127 / (D))
     v129 = (v125 + v128[:, None])
     v130 = ((-1.0) * v129)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v133 = (v62 * v131)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v133)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v133)  # park
     v140 = (v129 * v65[:, None])
     v142 = (v129 * v49[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v107 = (v88 * v69[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     v112 = (v88 * v68[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v130 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2919,8 +3185,8 @@ def chunk_grad_k_2_bwd_kernel(
         v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v141)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v142 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v142 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2951,8 +3217,8 @@ def chunk_grad_k_2_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2965,7 +3231,7 @@ def chunk_grad_k_2_bwd_kernel(
         v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2984,7 +3250,7 @@ def chunk_grad_k_2_bwd_kernel(
         v110 = (v87 * v68[:, None])
         tl.store(scratch + 17 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 10 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v106)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2993,11 +3259,11 @@ def chunk_grad_k_2_bwd_kernel(
         v109 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v132 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 10 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v132 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v136 = (v106 + v111 + v132)
     v137 = v136
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 11 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
     v152 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3009,32 +3275,45 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v137 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 3 * C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v137 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 11 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v153 = (v137 + v152)
     v154 = tl.sum((v153), axis=1)
     v155 = (v154 / (D))
     v156 = ((-1.0) * v155)
     v157 = (v153 + v156[:, None])
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 12 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v157)  # park
     v158 = (2.0 * v29[:, None] * v157)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 13 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v159 = (2.0 * v18 * v157)
     v160 = tl.sum((v159), axis=1)
     v161 = (v160 / (D))
     v25 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 14 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v162)  # park
     v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v169 = (v165 + v168)
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 15 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
     v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 16 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v170)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v164 = tl.sum((v163), axis=1)
+    v157 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 12 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v167 = tl.sum((v166), axis=1)
+    v169 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 15 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v172 = tl.sum((v171), axis=1)
     v173 = (v164 + v167 + v172)
     v174 = (v173 / (D))
     v175 = (2.0 * v18 * v174[:, None])
+    v158 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 13 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v162 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 14 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v170 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 16 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v176 = (v158 + v162 + v170 + v175)
     v177 = ((-1.0) * v176)
     v178 = tl.sum((v177), axis=1)
@@ -3093,7 +3372,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3120,6 +3399,8 @@ def chunk_grad_v_0_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3136,6 +3417,7 @@ def chunk_grad_v_0_bwd_kernel(
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -3143,24 +3425,28 @@ def chunk_grad_v_0_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3173,8 +3459,8 @@ def chunk_grad_v_0_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3213,8 +3499,10 @@ def chunk_grad_v_0_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -3237,31 +3525,40 @@ def chunk_grad_v_0_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3272,8 +3569,8 @@ def chunk_grad_v_0_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3292,8 +3589,8 @@ def chunk_grad_v_0_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3329,8 +3626,8 @@ def chunk_grad_v_0_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3339,11 +3636,11 @@ def chunk_grad_v_0_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -3393,7 +3690,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3411,6 +3708,7 @@ def chunk_grad_v_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -3419,6 +3717,8 @@ def chunk_grad_v_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3429,12 +3729,13 @@ def chunk_grad_v_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -3442,24 +3743,28 @@ def chunk_grad_v_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3472,8 +3777,8 @@ def chunk_grad_v_1_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3512,9 +3817,11 @@ def chunk_grad_v_1_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -3536,31 +3843,40 @@ def chunk_grad_v_1_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3571,8 +3887,8 @@ def chunk_grad_v_1_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3591,8 +3907,8 @@ def chunk_grad_v_1_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3628,8 +3944,8 @@ def chunk_grad_v_1_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3638,11 +3954,11 @@ def chunk_grad_v_1_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -3688,7 +4004,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v111, v113, v35, v54, v60, v58, v107, v114
+    scratch = scratch_ptr + slot * (9 * C * HID + 5 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v111, v113, v18, v35, v51, v54, v60, v58, v78, v76, v107, v110, v114
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3706,6 +4022,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -3714,6 +4031,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3724,12 +4043,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
     v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v47 = tl.cumsum(v46, axis=0, reverse=False)
@@ -3738,20 +4058,24 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v66 = (v65 * v54)
     v50 = tl.exp(v47)  # cumulative decay in the chunk
     v55 = v50
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3764,8 +4088,8 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 9 * C * HID + C * BV + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3804,10 +4128,15 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v54 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
     v81 = tl.sum((v80), axis=1)
@@ -3827,13 +4156,21 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v110 = (v54 * v109)
+    tl.store(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v107 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = (v107 * v57[:, None])
     v114 = (v107 * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v114)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3844,7 +4181,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v114 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3868,7 +4205,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v107 = tl.load(scratch + 9 * C * HID + C * BV + C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v117 = (v107 * v116)
     v118 = tl.sum((v117), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -3926,7 +4263,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v13, v55, v67, v54
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * BV + C * D)  # v12, v13, v55, v67, v18, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3944,6 +4281,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -3952,6 +4290,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -3964,7 +4304,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v57 = v35
     v54 = k
-    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v66 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3994,7 +4334,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v55 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v67 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v54 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v66 + v70)
@@ -4058,7 +4398,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D)  # v12, v13, v64, v67, v68, v69, v70, v75, v112, v114, v121, v35, v53, v54, v65, v60, v58, v77, v107, v109, v118, v129
+    scratch = scratch_ptr + slot * (11 * C * HID + 5 * C * BV + 9 * C * C + 2 * C * D)  # v12, v13, v64, v67, v68, v69, v70, v75, v112, v114, v121, v18, v35, v51, v53, v54, v65, v60, v58, v77, v78, v76, v107, v109, v110, v118, v129
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4076,6 +4416,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -4084,6 +4425,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4094,12 +4437,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
     v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v47 = tl.cumsum(v46, axis=0, reverse=False)
@@ -4107,23 +4451,27 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-    tl.store(scratch + 11 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :], v53)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v53)  # park
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 11 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     v66 = (v65 * v54)
     v50 = tl.exp(v47)  # cumulative decay in the chunk
     v55 = v50
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
-    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4137,8 +4485,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4177,12 +4525,17 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 11 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
+    tl.store(scratch + 11 * C * HID + 2 * C * BV + 6 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
     v81 = tl.sum((v80), axis=1)
@@ -4202,14 +4555,23 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v105 = tl.sum((v104), axis=1)
     v106 = (v105 / (D))
     v107 = (v103 + v106[:, None])
-    tl.store(scratch + 11 * C * HID + C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = ((-1.0) * v107)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 6 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 11 * C * HID + 4 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v110 = (v54 * v109)
+    tl.store(scratch + 11 * C * HID + 4 * C * BV + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v107 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v113 = (v107 * v57[:, None])
     v118 = (v107 * v44[:, None])
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v118)  # park
+    tl.store(scratch + 11 * C * HID + 4 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v118)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4220,7 +4582,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
     tl.debug_barrier()
-    v118 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v118 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v127 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4246,7 +4608,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v107 = tl.load(scratch + 11 * C * HID + C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = (v107 * v115)
     v117 = tl.sum((v116), axis=1)
     v96 = tl.zeros((), DTYPE)
@@ -4264,7 +4626,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
     v128 = (v97 + v117 + v127)
     v129 = (v55[None, :] * v128[:, None])
-    tl.store(scratch + 11 * C * HID + 3 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v129)  # park
+    tl.store(scratch + 11 * C * HID + 5 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v129)  # park
     v123 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4274,15 +4636,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 11 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v124 = (v65 * v123)
-    v77 = tl.load(scratch + 11 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v109 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v111 = (v77 * v109)
     v130 = (v111 + v124)
-    v53 = tl.load(scratch + 11 * C * HID + C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v53 = tl.load(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v129 = tl.load(scratch + 11 * C * HID + 5 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v132 = (v129 + v131)
     v133 = v132
     v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
@@ -4327,7 +4689,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 8 * C * C + 3 * C * BV + C * D)  # v12, v79, v68, v102, v66, v72, v73, v124, v126, v133, v57, v80, v67, v69, v58, v70, v81, v119, v121, v130, v145, v123
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 9 * C * C + 6 * C * BV + 3 * C * D)  # v12, v79, v68, v102, v66, v72, v73, v124, v126, v133, v57, v18, v26, v80, v67, v62, v64, v69, v58, v70, v81, v110, v119, v121, v122, v130, v145, v123
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
@@ -4361,6 +4723,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -4370,19 +4733,23 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v18 * v29[:, None])
+    v26 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v80 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
     v67 = k
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v101 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4411,7 +4778,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v108 = (v67 * v107)
     v109 = tl.sum((v108), axis=1)
     v140 = (v101 + v109)
@@ -4438,19 +4805,27 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v62 = (q * v48[:, None])
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v62)  # park
     v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
     v60 = (v55 * v59[None, :])
     v61 = tl.sum((v60), axis=1)
     v64 = (q * v61[:, None])
-    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v70 = (v69 * v58)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4461,7 +4836,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v66 = (v63 + v65)
         tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v66)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v70 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4488,11 +4863,11 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v73 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
         v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v82 = (v81 * v58)
-    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v84 = (v78 - v83)
     v85 = tl.sum((v84), axis=1)
@@ -4503,16 +4878,19 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v90 = (v89 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
     v112 = tl.sum((v111), axis=1)
     v113 = (v112 / (D))
     v114 = (2.0 * v87 * v113[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v110 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v110 + v114)
     v116 = ((-1.0) * v115)
     v117 = tl.sum((v116), axis=1)
     v118 = (v117 / (D))
     v119 = (v115 + v118[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
     v127 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4521,19 +4899,24 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = (v119 * v127)
     v129 = tl.sum((v128), axis=1)
     v120 = ((-1.0) * v119)
-    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v122 = (v58 * v121)
+    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v122)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v119 * v61[:, None])
     v130 = (v119 * v48[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v130)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v130)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v122 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4544,7 +4927,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v126)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v139 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4565,12 +4948,12 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tl.debug_barrier()
     v144 = (v106 + v129 + v139)
     v145 = (v59[None, :] * v144[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v121 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v121 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v123 = (v81 * v121)
-    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + 8 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
     v135 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4580,13 +4963,13 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v136 = (v69 * v135)
-    v123 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v123 = tl.load(scratch + 9 * C * HID + HID * D + 8 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v146 = (v123 + v136)
     v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 3 * C * BV + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v145 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v148 = (v145 + v147)
     v149 = v148
     v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
@@ -4633,7 +5016,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v50, v49, v61, v48
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v12, v50, v49, v61, v18, v26, v48
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -4660,6 +5043,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -4669,10 +5053,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v18 * v29[:, None])
+    v26 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
@@ -4680,7 +5068,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
-    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4709,7 +5097,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -4753,7 +5141,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v18, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4771,6 +5159,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -4779,6 +5168,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4789,13 +5180,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -4804,22 +5195,26 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v61 = (v56 * v60[None, :])
     v62 = tl.sum((v61), axis=1)
     v66 = (q * v62[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v64 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4833,8 +5228,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v64 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4873,13 +5268,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
-    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
-    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -4901,11 +5296,13 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4916,7 +5313,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
-    v123 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4932,17 +5329,17 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
-    v83 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
-    v56 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v82 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4958,7 +5355,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -4968,7 +5365,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
@@ -5012,7 +5409,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v117, v119, v35, v51, v54, v60, v58, v113, v123
+    scratch = scratch_ptr + slot * (9 * C * HID + 5 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v117, v119, v18, v35, v51, v54, v60, v58, v78, v76, v113, v116, v123
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5030,6 +5427,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5038,6 +5436,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5048,13 +5448,13 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
     v42 = v41
     v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v47 = tl.cumsum(v46, axis=0, reverse=False)
@@ -5063,20 +5463,24 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v45 = gate_eta
     v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
     v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v63 = k
     v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v66 = (v65 * v54)
     v50 = tl.exp(v47)  # cumulative decay in the chunk
     v55 = v50
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v56 = (v51 * v55[None, :])
     v57 = tl.sum((v56), axis=1)
     v60 = (q * v57[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
     v44 = tl.exp(v41)  # cumulative decay in the chunk
     v58 = (q * v44[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5089,8 +5493,8 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5129,10 +5533,15 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v54 = tl.load(scratch + 9 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v54)
-    v35 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = v35
+    tl.store(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v80 = (v74 - v79)
     v81 = tl.sum((v80), axis=1)
@@ -5152,13 +5561,21 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     v111 = tl.sum((v110), axis=1)
     v112 = (v111 / (D))
     v113 = (v109 + v112[:, None])
-    tl.store(scratch + 9 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     v114 = ((-1.0) * v113)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v76 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v116 = (v54 * v115)
+    tl.store(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v116)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v113 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v118 = (v113 * v57[:, None])
     v123 = (v113 * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    tl.store(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v116 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5169,7 +5586,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v123 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v129 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5193,7 +5610,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v113 = tl.load(scratch + 9 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v113 * v120)
     v122 = tl.sum((v121), axis=1)
     v102 = tl.zeros((), DTYPE)
@@ -5210,7 +5627,7 @@ def chunk_grad_gate_theta_0_bwd_kernel(
         v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
     v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
     v130 = (v103 + v122 + v129)
-    v51 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v131 = (v51 * v130[:, None])
     v132 = tl.sum((v131), axis=0)
     v133 = v132
@@ -5269,7 +5686,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v12, v50, v49, v61, v48
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v12, v50, v49, v61, v18, v26, v48
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -5297,6 +5714,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5306,10 +5724,14 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v18 * v29[:, None])
+    v26 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
@@ -5317,7 +5739,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v51 = v35
     v48 = k
-    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v60 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5346,7 +5768,7 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v48 * v62)
     v64 = tl.sum((v63), axis=1)
     v65 = (v60 + v64)
@@ -5394,7 +5816,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v18, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5412,6 +5834,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5420,6 +5843,8 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5430,13 +5855,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -5445,22 +5870,26 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v50 = gate_eta
     v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v69 = k
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
     v72 = (v71 * v59)
     v55 = tl.exp(v52)  # cumulative decay in the chunk
     v60 = v55
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v61 = (v56 * v60[None, :])
     v62 = tl.sum((v61), axis=1)
     v66 = (q * v62[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v64 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5474,8 +5903,8 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v64 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5514,13 +5943,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v84 = (v83 * v59)
-    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v35
-    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
     v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v86 = (v80 - v85)
     v87 = tl.sum((v86), axis=1)
@@ -5542,11 +5971,13 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v115 = (v111 + v114[:, None])
     v116 = ((-1.0) * v115)
     v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v118 = (v59 * v117)
     v121 = (v115 * v62[:, None])
     v123 = (v115 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5557,7 +5988,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
     tl.debug_barrier()
-    v123 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v123 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5573,17 +6004,17 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v71 * v128)
-    v83 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v117 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v119 = (v83 * v117)
     v132 = (v119 + v129)
-    v56 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v82 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v101 = tl.zeros((C,), DTYPE)
     v103 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5599,7 +6030,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
         v102 = ((-1.0) * d_new_w1)
         v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v69 * v103)
     v105 = tl.sum((v104), axis=1)
     v130 = (v101 + v105)
@@ -5609,7 +6040,7 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v63 = v48
     v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v134 = (v131 + v133)
     v135 = tl.trans(v134)
     v136 = (v50[None, :] * v135)
@@ -5655,7 +6086,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v72, v75, v76, v77, v78, v83, v130, v132, v35, v58, v61, v71, v73, v68, v66, v85, v84, v127, v133, v145
+    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v72, v75, v76, v77, v78, v83, v130, v132, v18, v35, v58, v61, v71, v73, v68, v66, v85, v84, v127, v133, v145
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5673,6 +6104,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -5681,6 +6113,8 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5691,13 +6125,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -5706,22 +6140,26 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v50 = gate_eta
     v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
     v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v71 = k
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
     v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
     v74 = (v73 * v61)
     v57 = tl.exp(v52)  # cumulative decay in the chunk
     v62 = v57
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v63 = (v58 * v62[None, :])
     v64 = tl.sum((v63), axis=1)
     v68 = (q * v64[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v68)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v68)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v66 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5735,8 +6173,8 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
     tl.debug_barrier()
-    v66 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v68 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5775,13 +6213,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v86 = (v85 * v61)
-    v35 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = v35
-    tl.store(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v88 = (v82 - v87)
     v89 = tl.sum((v88), axis=1)
@@ -5803,11 +6241,13 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
     v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v128 = (v61 * v127)
     v131 = (v125 * v64[:, None])
     v133 = (v125 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5818,7 +6258,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v133 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v138 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5834,17 +6274,17 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v137 = ((-1.0) * v136)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v73 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v139 = (v73 * v138)
-    v85 = tl.load(scratch + 10 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v127 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v127 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v85 * v127)
     v144 = (v129 + v139)
-    v58 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v58 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
+    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 10 * C * HID + C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v107 = tl.zeros((C,), DTYPE)
     v113 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5860,7 +6300,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v112 = ((-1.0) * d_new_w1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v71 * v113)
     v115 = tl.sum((v114), axis=1)
     v142 = (v107 + v115)
@@ -5870,7 +6310,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v65 = v48
     v143 = (v65[None, :] * v142[:, None])
-    v145 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v145 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
     v146 = (v143 + v145)
     v147 = tl.trans(v146)
     v148 = (v50[None, :] * v147)
@@ -5891,7 +6331,7 @@ def chunk_grad_gate_theta_3_bwd_kernel(
         v108 = ((-1.0) * d_new_s1)
         v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 10 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v71 * v109)
     v111 = tl.sum((v110), axis=1)
     v140 = (v103 + v111)
@@ -5941,15 +6381,17 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C + C * BV)  # v61, v12, v13, v68, v69, v53, v65, v35
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 4 * C * C + C * BV)  # v61, v12, v13, v68, v69, v57, v50, v59, v64, v53, v65, v35
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v43 = tl.exp(v40)  # cumulative decay in the chunk
     v57 = (q * v43[:, None])
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_i[None, :], v57)  # park
     v41 = v40
     v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
+    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v50)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v46 = tl.cumsum(v45, axis=0, reverse=False)
@@ -5958,17 +6400,26 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v55 = (v50 * v54[None, :])
     v56 = tl.sum((v55), axis=1)
     v59 = (q * v56[:, None])
+    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v62 = k
     v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v64)  # park
     v47 = v46
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v44 = gate_eta
     v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
     v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v65 = (v64 * v53)
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v57 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6013,9 +6464,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 5 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6053,9 +6504,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v74 = v13
         v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v77 = (v76 * v53)
-    v35 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = v35
     v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v79 = (v73 - v78)
@@ -6106,7 +6557,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 8 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6134,6 +6585,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6150,6 +6603,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -6157,24 +6611,28 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6187,8 +6645,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6227,8 +6685,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -6251,31 +6711,40 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6286,8 +6755,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6306,8 +6775,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6343,8 +6812,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6353,11 +6822,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -6408,7 +6877,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v25, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 8 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6426,6 +6895,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -6434,7 +6904,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6445,12 +6917,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -6458,24 +6931,28 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6488,8 +6965,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6528,9 +7005,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
@@ -6552,31 +7031,40 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6587,8 +7075,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6607,8 +7095,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6644,8 +7132,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6654,17 +7142,17 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
     v148 = ((-1.0) * v147)
     v149 = (v145 + v148[:, None])
-    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v151 = tl.sum((v150), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -6705,7 +7193,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6732,6 +7220,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6748,6 +7238,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -6755,24 +7246,28 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6785,8 +7280,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6825,8 +7320,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -6849,31 +7346,40 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6884,8 +7390,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6904,8 +7410,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6941,8 +7447,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6951,11 +7457,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))
@@ -7047,7 +7553,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 6 * C * BV + 3 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v61, v62, v75, v78, v72, v70, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7074,6 +7580,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -7090,6 +7598,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v43 = tl.cumsum(v42, axis=0, reverse=False)
     v44 = v43
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
     v52 = tl.cumsum(v51, axis=0, reverse=False)
@@ -7097,24 +7606,28 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v50 = gate_eta
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7127,8 +7640,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7167,8 +7680,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = v35
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
@@ -7191,31 +7706,40 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v124 = (v123 / (D))
     v125 = (v121 + v124[:, None])
     v126 = ((-1.0) * v125)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
     v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v129 = (v62 * v127)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
     v133 = (v125 * v65[:, None])
     v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v47 = tl.sum((v46), axis=0)
     v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
     v66 = v48
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
     v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
     v56 = tl.sum((v55), axis=0)
     v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
     v69 = (v57 * v50)
     v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7226,8 +7750,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7246,8 +7770,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v113 = ((-1.0) * d_new_w1)
         tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
     tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7283,8 +7807,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v104 = ((-1.0) * d_new_s2)
         tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7293,11 +7817,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v131 = (v106 + v109 + v128)
     v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v132 + v144)
     v146 = tl.sum((v145), axis=1)
     v147 = (v146 / (D))

@@ -28,12 +28,23 @@ DESCRIPTION = {'spec': 'ttt_mlp',
             ['ln_bias', ['o'], False]],
  'hidden': 4,
  'kernels': {'state_fwd': {'grid': 'sequences',
-                           'scratch': [['t', 'h'], ['t', 'h'], ['s', 'h'], ['s', 'o']],
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o']],
                            'value_blocks': 'none',
                            'tiles': 7.0,
                            'sub_chunks': False},
              'out_fwd': {'grid': 'chunks',
-                         'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 'o'], ['t', 'o']],
+                         'scratch': [['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'h'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
+                                     ['t', 'o']],
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False},
@@ -62,12 +73,23 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 's'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
@@ -88,6 +110,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -102,6 +125,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o']],
@@ -118,7 +142,9 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
@@ -139,6 +165,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'o']],
@@ -161,11 +188,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 's'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 13.0,
@@ -186,6 +222,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 's'],
                                           ['s', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'o']],
                               'value_blocks': 'none',
@@ -201,10 +238,12 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'o']],
@@ -212,7 +251,13 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'tiles': 9.0,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'], ['s', 'h'], ['s', 'h'], ['h', 'i'], ['s', 'i']],
+                                     'scratch': [['t', 'h'],
+                                                 ['s', 'h'],
+                                                 ['s', 'h'],
+                                                 ['h', 'i'],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['s', 'i']],
                                      'value_blocks': 'none',
                                      'tiles': 6.5,
                                      'sub_chunks': False},
@@ -225,6 +270,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
@@ -261,6 +307,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'o']],
                                       'value_blocks': 'none',
@@ -277,10 +324,12 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 'h'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
+                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'o']],
@@ -302,6 +351,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                   ['t', 's'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'o']],
@@ -328,6 +378,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                                 ['t', 's'],
                                                 ['t', 's'],
                                                 ['s', 'o'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'o']],
@@ -377,7 +428,7 @@ def chunk_state_fwd_kernel(
     while c * C < seq_len:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * C * HID + C * BV)  # v8, v9, v42, v47
+        scratch = scratch_ptr + slot * (3 * C * HID + 3 * C * BV)  # v8, v9, v42, v14, v22, v47
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v10 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -395,6 +446,7 @@ def chunk_state_fwd_kernel(
         v12 = tl.sum((v10), axis=1)
         v13 = (v12 / (D))
         v14 = (v10 - v13[:, None])
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
         v15 = (v14 * v14)
         v16 = tl.sum((v15), axis=1)
         v17 = (v16 / (D))
@@ -404,10 +456,14 @@ def chunk_state_fwd_kernel(
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
         v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        tl.store(scratch + 3 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v14 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = tl.load(scratch + 3 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
@@ -420,7 +476,7 @@ def chunk_state_fwd_kernel(
         v40 = k
         v43 = v31
         v47 = (v43 * v39[:, None])
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+        tl.store(scratch + 3 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -440,7 +496,7 @@ def chunk_state_fwd_kernel(
             v42 = v9
             tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v42)
         tl.debug_barrier()
-        v47 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v47 = tl.load(scratch + 3 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -489,7 +545,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * BV)  # v8, v9, v42, v44, v31, v50
+    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * BV)  # v8, v9, v42, v44, v14, v31, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -507,6 +563,7 @@ def chunk_out_fwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -515,6 +572,8 @@ def chunk_out_fwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -525,7 +584,7 @@ def chunk_out_fwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -560,10 +619,10 @@ def chunk_out_fwd_kernel(
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -572,7 +631,7 @@ def chunk_out_fwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 4 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 4 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -624,7 +683,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v96, v101, v72, v97, v100, v102, v65, v69, v92, v103, v94, v104, v42, v45, v14, v21, v31, v51, v82, v86, v71, v68, v85, v90, v133
+        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 19 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v96, v101, v72, v97, v100, v102, v65, v69, v92, v103, v94, v104, v42, v45, v14, v21, v22, v31, v51, v49, v53, v58, v73, v82, v83, v86, v71, v68, v85, v90, v110, v111, v115, v122, v123, v133
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v42 = k
@@ -667,18 +726,22 @@ def chunk_state_bwd_kernel(
         v21 = (v20 - v)  # inner gradient signal g = dl/dy
         tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
         v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v24 = tl.sum((v23), axis=1)
         v25 = (v24 / (D))
         v26 = (2.0 * v14 * v25[:, None])
+        v22 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = (v22 + v26)
         v28 = ((-1.0) * v27)
         v29 = tl.sum((v28), axis=1)
         v30 = (v29 / (D))
         v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
         v51 = v31
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -712,42 +775,62 @@ def chunk_state_bwd_kernel(
             v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v49)  # park
         v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v55 = (v49 - v54)
         v56 = tl.sum((v55), axis=1)
         v57 = (v56 / (D))
         v58 = (v55 - v57[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
         v59 = (v58 * v58)
         v60 = tl.sum((v59), axis=1)
         v61 = (v60 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v73)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v58 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
         v75 = tl.sum((v74), axis=1)
         v76 = (v75 / (D))
         v77 = (2.0 * v58 * v76[:, None])
+        v73 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v78 = (v73 + v77)
         v79 = ((-1.0) * v78)
         v80 = tl.sum((v79), axis=1)
         v81 = (v80 / (D))
         v82 = (v78 + v81[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
         v83 = ((-1.0) * v82)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
         v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v40 = (v37 * v38)
         tl.debug_barrier()  # parked tiles other threads stored
         v42 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
         v71 = (v42 * v40[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v68 = (v51 * v40[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v68)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v68)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v53 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v83 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -761,7 +844,7 @@ def chunk_state_bwd_kernel(
             v96 = (v95 * (0.5 + (0.5 * tl.math.erf(v96_c0)) + (v96_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
             tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
         tl.debug_barrier()
-        v71 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v71 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -776,7 +859,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v97)
         tl.debug_barrier()
         v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v68 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -800,7 +883,7 @@ def chunk_state_bwd_kernel(
             v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
         tl.debug_barrier()
-        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v67 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -816,10 +899,10 @@ def chunk_state_bwd_kernel(
             v65 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
             v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v85 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v85 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v67 + v85)
         v90 = v89
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
         v105 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -832,38 +915,55 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v106 = (v90 + v105)
         v107 = tl.sum((v106), axis=1)
         v108 = (v107 / (D))
         v109 = ((-1.0) * v108)
         v110 = (v106 + v109[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
         v111 = (2.0 * v25[:, None] * v110)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
         v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
         v112 = (2.0 * v14 * v110)
         v113 = tl.sum((v112), axis=1)
         v114 = (v113 / (D))
         v21 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = ((-0.5) * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v118 = ((-0.5) * v14 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v110 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v121 = (ln_weight[None, :] * v110 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v122 = (v118 + v121)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
         v123 = (ln_weight[None, :] * v122 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v123)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v21 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v116 = (0.75 * v14 * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v117 = tl.sum((v116), axis=1)
+        v110 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v119 = ((-0.5) * ln_weight[None, :] * v21 * v110 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v120 = tl.sum((v119), axis=1)
+        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v122 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v124 = ((-0.5) * v14 * ln_weight[None, :] * v122 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
         v125 = tl.sum((v124), axis=1)
         v126 = (v117 + v120 + v125)
         v127 = (v126 / (D))
         v128 = (2.0 * v14 * v127[:, None])
+        v111 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v123 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v129 = (v111 + v115 + v123 + v128)
         v130 = ((-1.0) * v129)
         v131 = tl.sum((v130), axis=1)
         v132 = (v131 / (D))
         v133 = (v129 + v132[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -883,8 +983,8 @@ def chunk_state_bwd_kernel(
             tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
             tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v31 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v31 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -895,7 +995,7 @@ def chunk_state_bwd_kernel(
             v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v104)
         tl.debug_barrier()
-        v133 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v133 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -986,7 +1086,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + C * D)  # v8, v9, v39, v42, v43, v44, v46, v78, v31, v38, v47, v50
+    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + C * D)  # v8, v9, v39, v42, v43, v44, v46, v78, v14, v31, v38, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1004,6 +1104,7 @@ def chunk_grad_q_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1012,6 +1113,8 @@ def chunk_grad_q_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -1022,10 +1125,10 @@ def chunk_grad_q_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
@@ -1061,11 +1164,11 @@ def chunk_grad_q_1_bwd_kernel(
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 8 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1074,7 +1177,7 @@ def chunk_grad_q_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -1094,7 +1197,7 @@ def chunk_grad_q_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 8 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1119,7 +1222,7 @@ def chunk_grad_q_1_bwd_kernel(
         v78 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
-    v38 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1159,7 +1262,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 3 * C * BV)  # v8, v9, v42, v43, v44, v46, v77, v31, v47, v50
+    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * BV)  # v8, v9, v42, v43, v44, v46, v77, v14, v31, v47, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1177,6 +1280,7 @@ def chunk_grad_q_2_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1185,6 +1289,8 @@ def chunk_grad_q_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -1195,7 +1301,7 @@ def chunk_grad_q_2_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1232,11 +1338,11 @@ def chunk_grad_q_2_bwd_kernel(
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1245,7 +1351,7 @@ def chunk_grad_q_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -1265,7 +1371,7 @@ def chunk_grad_q_2_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 7 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1326,7 +1432,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + C * D)  # v8, v9, v43, v46, v47, v48, v50, v85, v31, v51, v54, v88
+    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + C * D)  # v8, v9, v43, v46, v47, v48, v50, v85, v14, v31, v51, v54, v77, v88
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1344,6 +1450,7 @@ def chunk_grad_k_0_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -1352,6 +1459,8 @@ def chunk_grad_k_0_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -1362,7 +1471,7 @@ def chunk_grad_k_0_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
@@ -1400,11 +1509,11 @@ def chunk_grad_k_0_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1413,7 +1522,7 @@ def chunk_grad_k_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -1432,10 +1541,13 @@ def chunk_grad_k_0_bwd_kernel(
     v75 = tl.sum((v74), axis=1)
     v76 = (v75 / (D))
     v77 = (v73 + v76[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v77)  # park
     v78 = ((-1.0) * v77)
-    v51 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
+    v77 = tl.load(scratch + 8 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1459,7 +1571,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
     v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
     v67 = tl.zeros((C, D), DTYPE)
@@ -1472,7 +1584,7 @@ def chunk_grad_k_0_bwd_kernel(
         v65 = ((-1.0) * d_new_w1)
         v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 8 * C * HID + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = (v67 + v88)
     v90 = v89
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -1513,7 +1625,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1540,6 +1652,8 @@ def chunk_grad_k_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -1623,7 +1737,9 @@ def chunk_grad_k_1_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
+    tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
@@ -1631,11 +1747,13 @@ def chunk_grad_k_1_bwd_kernel(
     v40 = (v37 * v38)
     v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1651,7 +1769,7 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1680,7 +1798,7 @@ def chunk_grad_k_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -1734,7 +1852,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 6 * C * BV + 2 * C * C)  # v8, v9, v32, v72, v47, v50, v48, v96, v99, v100, v65, v69, v92, v14, v21, v45, v51, v86, v68, v85, v90
+    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 13 * C * BV + C * D + 3 * C * C)  # v8, v9, v32, v72, v47, v50, v48, v96, v99, v100, v65, v69, v92, v14, v21, v22, v71, v45, v51, v53, v82, v86, v68, v85, v90, v107, v108, v112, v119, v120
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1763,10 +1881,14 @@ def chunk_grad_k_2_bwd_kernel(
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
     v26 = (2.0 * v14 * v25[:, None])
+    v22 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = (v22 + v26)
     v28 = ((-1.0) * v27)
     v29 = tl.sum((v28), axis=1)
@@ -1778,12 +1900,15 @@ def chunk_grad_k_2_bwd_kernel(
     v38 = gate_eta
     v40 = (v37 * v38)
     v71 = (v42 * v40[:, None])
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     v51 = v31
-    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v71 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1795,7 +1920,7 @@ def chunk_grad_k_2_bwd_kernel(
         v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1827,7 +1952,9 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
@@ -1847,14 +1974,21 @@ def chunk_grad_k_2_bwd_kernel(
     v80 = tl.sum((v79), axis=1)
     v81 = (v80 / (D))
     v82 = (v78 + v81[:, None])
+    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v82)  # park
     v83 = ((-1.0) * v82)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v86)  # park
     v68 = (v51 * v40[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v68)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 6 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v82 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1869,8 +2003,8 @@ def chunk_grad_k_2_bwd_kernel(
         v96 = ((-1.0) * v95)
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1894,7 +2028,7 @@ def chunk_grad_k_2_bwd_kernel(
         v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v67 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1910,10 +2044,10 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = tl.load(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 6 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v89 = (v67 + v85)
     v90 = v89
-    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v90)  # park
     v102 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1925,32 +2059,45 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v103 = (v90 + v102)
     v104 = tl.sum((v103), axis=1)
     v105 = (v104 / (D))
     v106 = ((-1.0) * v105)
     v107 = (v103 + v106[:, None])
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v108 = (2.0 * v25[:, None] * v107)
+    tl.store(scratch + 12 * C * HID + BV * HID + 9 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v109 = (2.0 * v14 * v107)
     v110 = tl.sum((v109), axis=1)
     v111 = (v110 / (D))
     v21 = tl.load(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 10 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v112)  # park
     v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v119 = (v115 + v118)
+    tl.store(scratch + 12 * C * HID + BV * HID + 11 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v119)  # park
     v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 12 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v114 = tl.sum((v113), axis=1)
+    v107 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v117 = tl.sum((v116), axis=1)
+    v119 = tl.load(scratch + 12 * C * HID + BV * HID + 11 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v122 = tl.sum((v121), axis=1)
     v123 = (v114 + v117 + v122)
     v124 = (v123 / (D))
     v125 = (2.0 * v14 * v124[:, None])
+    v108 = tl.load(scratch + 12 * C * HID + BV * HID + 9 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 12 * C * HID + BV * HID + 10 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v120 = tl.load(scratch + 12 * C * HID + BV * HID + 12 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v108 + v112 + v120 + v125)
     v127 = ((-1.0) * v126)
     v128 = tl.sum((v127), axis=1)
@@ -2009,7 +2156,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2036,6 +2183,8 @@ def chunk_grad_v_0_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2119,7 +2268,9 @@ def chunk_grad_v_0_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
+    tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
@@ -2127,11 +2278,13 @@ def chunk_grad_v_0_bwd_kernel(
     v40 = (v37 * v38)
     v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2147,7 +2300,7 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2176,7 +2329,7 @@ def chunk_grad_v_0_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2228,7 +2381,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2246,6 +2399,7 @@ def chunk_grad_v_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2254,6 +2408,8 @@ def chunk_grad_v_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2264,15 +2420,15 @@ def chunk_grad_v_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2303,13 +2459,13 @@ def chunk_grad_v_1_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 8 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2318,7 +2474,7 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -2337,19 +2493,23 @@ def chunk_grad_v_1_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 8 * C * HID + C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2364,8 +2524,8 @@ def chunk_grad_v_1_bwd_kernel(
         v91 = ((-1.0) * v90)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2394,7 +2554,7 @@ def chunk_grad_v_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -2442,7 +2602,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * D)  # v8, v40, v39, v49, v38
+    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v8, v40, v39, v49, v14, v22, v38
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
@@ -2462,6 +2622,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2471,10 +2632,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
     v26 = (2.0 * v14 * v25[:, None])
+    v22 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = (v22 + v26)
     v28 = ((-1.0) * v27)
     v29 = tl.sum((v28), axis=1)
@@ -2482,7 +2647,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     v41 = v31
     v38 = k
-    tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v48 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2511,7 +2676,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v49 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
         v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v38 * v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v48 + v52)
@@ -2555,7 +2720,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * BV + 3 * C * C)  # v8, v9, v39, v42, v43, v44, v46, v79, v31, v40, v48, v47, v50, v72
+    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + 3 * C * C)  # v8, v9, v39, v42, v43, v44, v46, v79, v14, v31, v40, v48, v47, v50, v72
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2573,6 +2738,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -2581,6 +2747,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2591,11 +2759,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
     v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v35 = gate_eta
     v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
@@ -2629,14 +2797,14 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
         v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 8 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
     v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v47 = v31
-    tl.store(scratch + 8 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
     v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
     v45 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2645,7 +2813,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = (v45 - v50)
     v52 = tl.sum((v51), axis=1)
     v53 = (v52 / (D))
@@ -2665,9 +2833,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v69 = (v68 / (D))
     v70 = (v66 + v69[:, None])
     v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 8 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v72)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v72)  # park
     v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2690,10 +2858,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v79 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v81 = (v40 * v80)
-    v48 = tl.load(scratch + 8 * C * HID + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v72 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v74 = (v48 * v72)
     v82 = (v74 + v81)
     v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
@@ -2868,7 +3036,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2896,6 +3064,8 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
     tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -2979,7 +3149,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
+    tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
@@ -2987,11 +3159,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v40 = (v37 * v38)
     v42 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3007,7 +3181,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     v45 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3036,7 +3210,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3089,7 +3263,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v21, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3107,6 +3281,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -3115,7 +3290,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -3126,15 +3303,15 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3165,13 +3342,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3180,7 +3357,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -3199,19 +3376,23 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.debug_barrier()  # parked tiles other threads stored
+    v51 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3226,8 +3407,8 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v91 = ((-1.0) * v90)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3256,7 +3437,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3264,7 +3445,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v99 = (v98 / (D))
     v100 = ((-1.0) * v99)
     v101 = (v97 + v100[:, None])
-    v21 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v21 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v103 = tl.sum((v102), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -3305,7 +3486,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3332,6 +3513,8 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -3415,7 +3598,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
+    tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
@@ -3423,11 +3608,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v40 = (v37 * v38)
     v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3443,7 +3630,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3472,7 +3659,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)
@@ -3566,7 +3753,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v69, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3593,6 +3780,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
@@ -3676,7 +3865,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
     v80 = (v76 + v79[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     v81 = ((-1.0) * v80)
+    tl.debug_barrier()  # parked tiles other threads stored
     v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
@@ -3684,11 +3875,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v40 = (v37 * v38)
     v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3704,7 +3897,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
     v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3733,7 +3926,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v65 = ((-1.0) * d_new_w2)
         v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v67 + v83)
     v87 = v86
     v97 = (v87 + v96)

@@ -56,7 +56,11 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['t', 'i'],
                                      ['s', 'i'],
                                      ['s', 'i'],
+                                     ['s', 'i'],
+                                     ['s', 'i'],
                                      ['t', 's'],
+                                     ['t', 'o'],
+                                     ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['s', 'o'],
@@ -99,6 +103,7 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'i'],
+                                       ['s', 'i'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -107,12 +112,14 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['t', 'o'],
                                        ['s', 'o'],
                                        ['t', 's'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 's'],
@@ -121,6 +128,11 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['s', 'o'],
                                        ['s', 'o'],
                                        ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
@@ -146,6 +158,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -181,6 +195,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
+                                          ['s', 'i'],
+                                          ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -209,9 +225,11 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'o'],
@@ -220,6 +238,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 's'],
                                           ['s', 'i'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
@@ -261,6 +280,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -293,6 +314,7 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -314,6 +336,11 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['s', 'o'],
                                           ['s', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
+                                          ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
                               'tiles': 23.0,
@@ -354,6 +381,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -397,6 +426,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['s', 'o'],
+                                          ['t', 's'],
+                                          ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['s', 'i'],
@@ -419,12 +450,18 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['s', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
-                                                   ['s', 'o']],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o']],
                                        'value_blocks': 'none',
                                        'tiles': 13.0,
                                        'sub_chunks': True},
@@ -445,6 +482,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -454,9 +496,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
+                                                   ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
-                                                   ['t', 'o']],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
                                        'tiles': 17.0,
                                        'sub_chunks': True},
@@ -474,10 +520,15 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
+                                                   ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
@@ -485,6 +536,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i']],
                                        'value_blocks': 'none',
@@ -493,6 +547,7 @@ DESCRIPTION = {'spec': 'yaad',
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
@@ -518,6 +573,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'o'],
@@ -532,7 +590,13 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 's'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'i'],
+                                                   ['t', 's'],
                                                    ['s', 'i'],
                                                    ['s', 'i']],
                                        'value_blocks': 'none',
@@ -550,7 +614,10 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 's'],
                                                  ['t', 'o'],
                                                  ['t', 'o'],
+                                                 ['t', 'o'],
                                                  ['s', 'i'],
+                                                 ['s', 'i'],
+                                                 ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['s', 'o'],
@@ -592,13 +659,16 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
-                                                 ['t', 'o']],
+                                                 ['t', 'o'],
+                                                 ['t', 'o'],
+                                                 ['t', 's']],
                                      'value_blocks': 'none',
                                      'tiles': 16.0,
                                      'sub_chunks': True},
              'grad_gate_eta_2_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'o'],
                                                  ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['s', 'i'],
@@ -642,6 +712,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
@@ -685,6 +757,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'o'],
                                                    ['s', 'i'],
@@ -705,6 +779,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'i'],
                                                   ['t', 'o'],
                                                   ['t', 'i'],
+                                                  ['s', 'i'],
+                                                  ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
@@ -751,6 +827,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -793,6 +871,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -836,6 +916,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'o'],
+                                                  ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['t', 'o'],
                                                   ['s', 'i'],
@@ -884,6 +966,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['s', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'o'],
+                                                ['t', 's'],
+                                                ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['t', 'o'],
                                                 ['s', 'i'],
@@ -1070,7 +1154,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v41, v49, v16, v26, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -1083,12 +1167,20 @@ def chunk_out_fwd_kernel(
     tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1109,7 +1201,7 @@ def chunk_out_fwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1134,6 +1226,7 @@ def chunk_out_fwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1146,18 +1239,22 @@ def chunk_out_fwd_kernel(
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1183,22 +1280,22 @@ def chunk_out_fwd_kernel(
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1208,9 +1305,9 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1232,7 +1329,7 @@ def chunk_out_fwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1284,7 +1381,7 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 22 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v119, v124, v94, v120, v123, v125, v85, v90, v114, v126, v86, v117, v127, v55, v43, v68, v69, causal, v105, v43, v48, v51, v53, v49, v44, v56, v16, v23, v24, v25, v35, v60, v62, v67, v65, v69, v63, v64, v68, v104, v105, v106, v115, v93, v80, v89, v88, v112, v157
+        scratch = scratch_ptr + slot * (2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 29 * C * BV)  # v92, v52, v10, v11, v36, v58, v66, v59, v119, v124, v94, v120, v123, v125, v85, v90, v114, v126, v86, v117, v127, v55, v43, v68, v69, causal, v105, v43, v48, v51, v53, v49, v55, v44, v56, v16, v23, v24, v25, v26, v35, v60, v62, v67, v65, v69, v63, v64, v68, v95, v104, v105, v106, v115, v93, v80, v89, v88, v112, v133, v134, v138, v146, v147, v157
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
         v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1302,9 +1399,16 @@ def chunk_state_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v49 = gate_eta
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v53 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v55 = (v53 * v49)
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v55)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v43 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v44 = v43
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v55 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1325,7 +1429,7 @@ def chunk_state_bwd_kernel(
             v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
         v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v51 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1353,7 +1457,7 @@ def chunk_state_bwd_kernel(
         v14 = tl.sum((v12), axis=1)
         v15 = (v14 / (D))
         v16 = (v12 - v15[:, None])
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
         v17 = (v16 * v16)
         v18 = tl.sum((v17), axis=1)
         v19 = (v18 / (D))
@@ -1362,29 +1466,33 @@ def chunk_state_bwd_kernel(
         v22 = (v20 + v21)  # memory output M(x)
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v23 = (v22 - v)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
         gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
         v24 = gate_delta
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v24)  # park
         v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
         v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v28 = tl.sum((v27), axis=1)
         v29 = (v28 / (D))
         v30 = (2.0 * v16 * v29[:, None])
+        v26 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v31 = (v26 + v30)
         v32 = ((-1.0) * v31)
         v33 = tl.sum((v32), axis=1)
         v34 = (v33 / (D))
         v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v48 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v60 = v48
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1413,27 +1521,27 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v62 = (v60 * v61)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v67 = v35
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v49 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v65 = v49
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
         v69 = (v67 * v65)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
         tl.debug_barrier()  # parked tiles other threads stored
         v43 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v63 = v43
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v64 = v44
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
         v68 = tl.zeros((C, C), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1441,11 +1549,11 @@ def chunk_state_bwd_kernel(
             v59 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v66 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
             v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v69 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v69 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1467,7 +1575,7 @@ def chunk_state_bwd_kernel(
             v70_b = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v62 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v62 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v71 = (v62 - v70)
         v72 = tl.sum((v71), axis=1)
         v73 = (v72 / (D))
@@ -1477,18 +1585,25 @@ def chunk_state_bwd_kernel(
         v77 = (v76 / (D))
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v95 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
         v96 = ((-0.5) * v74 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v77[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v77[:, None])))))
         v97 = tl.sum((v96), axis=1)
         v98 = (v97 / (D))
         v99 = (2.0 * v74 * v98[:, None])
+        tl.debug_barrier()  # parked tiles other threads stored
+        v95 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v100 = (v95 + v99)
         v101 = ((-1.0) * v100)
         v102 = tl.sum((v101), axis=1)
         v103 = (v102 / (D))
         v104 = (v100 + v103[:, None])
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
         v105 = ((-1.0) * v104)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v69 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v106 = tl.zeros((C, C), DTYPE)
         v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -1507,30 +1622,33 @@ def chunk_state_bwd_kernel(
             v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
         v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
         tl.debug_barrier()  # every slice read before the slots are written again
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :], v106)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v104 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v60 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v104 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v115 = (v60 * v104)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
         v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         tl.debug_barrier()  # parked tiles other threads stored
         v43 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
         v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
         v46 = tl.sum((v45), axis=0)
-        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v44 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
         v49 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v50 = (v47 * v49)
         v53 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         v93 = (v50 * v53)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
         v80 = v50
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v67 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v67 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v89 = (v80 * v67)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v106 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v115 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1545,7 +1663,7 @@ def chunk_state_bwd_kernel(
             tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
         tl.debug_barrier()
         v51 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v93 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v93 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1559,8 +1677,8 @@ def chunk_state_bwd_kernel(
             v120 = ((-1.0) * v119)
             tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
         tl.debug_barrier()
-        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v89 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v56 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v89 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 20 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1584,7 +1702,7 @@ def chunk_state_bwd_kernel(
             v90 = tl.dot(v89.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 2 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v90)
         tl.debug_barrier()
-        v106 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v106 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 18 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
         v87 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1599,14 +1717,14 @@ def chunk_state_bwd_kernel(
             v85 = tl.load(scratch + 2 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
             v87 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.debug_barrier()
-        v80 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v80 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v88 = (v80 * v87)
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v68 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v105 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v63 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v64 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v68 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v105 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v105)
         tl.debug_barrier()  # the slices below come from tiles other threads stored
         v107 = tl.zeros((C, BV), DTYPE)
@@ -1626,12 +1744,12 @@ def chunk_state_bwd_kernel(
             v107_a = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + C * D + v107_p[:, None] * BV + tl.arange(0, BV)[None, :])
             v107 += v107_x * v107_y[:, None] * v107_m[:, None] * tl.exp(tl.minimum(v107_a - v64, 0.0))
         tl.debug_barrier()  # every slice read before the slots are written again
-        v65 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v65 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v108 = (v65 * v107)
-        v88 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v88 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 21 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         v111 = (v88 + v108)
         v112 = v111
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v112)  # park
         v128 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1644,41 +1762,58 @@ def chunk_state_bwd_kernel(
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
             v128 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()
-        v112 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v112 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v129 = (v112 + v128)
         v130 = tl.sum((v129), axis=1)
         v131 = (v130 / (D))
         v132 = ((-1.0) * v131)
         v133 = (v129 + v132[:, None])
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
         v134 = (2.0 * v29[:, None] * v133)
-        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v135 = (2.0 * v16 * v133)
         v136 = tl.sum((v135), axis=1)
         v137 = (v136 / (D))
-        v25 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v138 = ((-0.5) * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v138)  # park
         v141 = ((-0.5) * v16 * ln_weight[None, :] * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        tl.debug_barrier()  # parked tiles other threads stored
+        v133 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v144 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v145 = (v141 + v144)
-        v23 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v24 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v23 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v24 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v146 = (v145 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :], v146)  # park
         v147 = (ln_weight[None, :] * v146 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 27 * C * BV + offs_t[:, None] * D + offs_o[None, :], v147)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v25 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v139 = (0.75 * v16 * ln_weight[None, :] * v25 * v137[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v140 = tl.sum((v139), axis=1)
+        v133 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v142 = ((-0.5) * ln_weight[None, :] * v25 * v133 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v143 = tl.sum((v142), axis=1)
+        v16 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v146 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 26 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v148 = ((-0.5) * v16 * ln_weight[None, :] * v146 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
         v149 = tl.sum((v148), axis=1)
         v150 = (v140 + v143 + v149)
         v151 = (v150 / (D))
         v152 = (2.0 * v16 * v151[:, None])
+        v134 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v138 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v147 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 27 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         v153 = (v134 + v138 + v147 + v152)
         v154 = ((-1.0) * v153)
         v155 = tl.sum((v154), axis=1)
         v156 = (v155 / (D))
         v157 = (v153 + v156[:, None])
-        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
+        tl.store(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 28 * C * BV + offs_t[:, None] * D + offs_o[None, :], v157)  # park
         v81 = v79
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
@@ -1702,8 +1837,8 @@ def chunk_state_bwd_kernel(
             v86 = (v81[:, None] * d_new_w2)
             tl.store(scratch + 2 * HID * D + 15 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
         tl.debug_barrier()
-        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v35 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v115 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1714,7 +1849,7 @@ def chunk_state_bwd_kernel(
             v127 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + 2 * HID * D + 15 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v127)
         tl.debug_barrier()
-        v157 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 9 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v157 = tl.load(scratch + 2 * HID * D + 15 * C * HID + 4 * BV * HID + 10 * C * D + 5 * C * C + 28 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
@@ -1805,7 +1940,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v35, v40, v42, v44, v43, v48, v41, v49, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 4 * C * C + 10 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v16, v26, v35, v40, v42, v44, v43, v48, v41, v49, v53, v55, v62, v56, v57, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1823,6 +1958,7 @@ def chunk_grad_q_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -1835,33 +1971,39 @@ def chunk_grad_q_1_bwd_kernel(
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -1882,14 +2024,14 @@ def chunk_grad_q_1_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v44 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1904,7 +2046,7 @@ def chunk_grad_q_1_bwd_kernel(
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1923,24 +2065,24 @@ def chunk_grad_q_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1949,9 +2091,9 @@ def chunk_grad_q_1_bwd_kernel(
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -1973,7 +2115,7 @@ def chunk_grad_q_1_bwd_kernel(
         v63_b = tl.load(scratch + 8 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -1992,8 +2134,12 @@ def chunk_grad_q_1_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2012,8 +2158,8 @@ def chunk_grad_q_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2036,9 +2182,9 @@ def chunk_grad_q_1_bwd_kernel(
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
@@ -2096,7 +2242,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV)  # v45, v10, v11, v51, v59, v52, v90, v48, v40, v61, v62, causal, v40, v42, v44, v43, v41, v49, v35, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (7 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV)  # v45, v10, v11, v51, v59, v52, v90, v48, v40, v61, v62, causal, v40, v42, v44, v46, v43, v48, v41, v49, v35, v53, v55, v62, v56, v57, v83
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -2108,12 +2254,20 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2134,7 +2288,7 @@ def chunk_grad_q_2_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2180,13 +2334,13 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v42 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 7 * C * HID + 9 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2214,24 +2368,24 @@ def chunk_grad_q_2_bwd_kernel(
         v52 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v53 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 8 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2240,9 +2394,9 @@ def chunk_grad_q_2_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2264,7 +2418,7 @@ def chunk_grad_q_2_bwd_kernel(
         v63_b = tl.load(scratch + 7 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -2283,8 +2437,12 @@ def chunk_grad_q_2_bwd_kernel(
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2303,8 +2461,8 @@ def chunk_grad_q_2_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2366,7 +2524,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV)  # v10, v11, v54, v57, v58, v59, v66, v101, v55, v43, v68, v69, causal, v102, q, v35, v49, v43, v44, v48, v51, v69, v63, v64, v70, v60, v93, v104, v50
+    scratch = scratch_ptr + slot * (8 * C * HID + 10 * C * D + 5 * C * C + 9 * C * BV)  # v10, v11, v54, v57, v58, v59, v66, v101, v55, v43, v68, v69, causal, v102, q, v16, v35, v49, v43, v44, v56, v48, v51, v69, v63, v64, v70, v60, v93, v95, v104, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2384,6 +2542,7 @@ def chunk_grad_k_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -2395,6 +2554,8 @@ def chunk_grad_k_0_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -2405,19 +2566,19 @@ def chunk_grad_k_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v53 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v44 = v43
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2438,21 +2599,29 @@ def chunk_grad_k_0_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     v51 = (q * v48)
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
     v69 = (v67 * v65)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2466,7 +2635,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2484,9 +2653,9 @@ def chunk_grad_k_0_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -2508,11 +2677,11 @@ def chunk_grad_k_0_bwd_kernel(
         v70_b = tl.load(scratch + 8 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 6 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2521,9 +2690,9 @@ def chunk_grad_k_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    v70 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -2542,12 +2711,12 @@ def chunk_grad_k_0_bwd_kernel(
     v91 = tl.sum((v90), axis=1)
     v92 = (v91 / (D))
     v93 = (v89 + v92[:, None])
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     v94 = ((-1.0) * v93)
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v95 = tl.zeros((C, C), DTYPE)
     v95_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2566,9 +2735,12 @@ def chunk_grad_k_0_bwd_kernel(
         v95 += tl.where(tl.arange(0, C)[None, :] == v95_p[:, None], v95_d[:, None], 0.0)
     v95 = v95 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v93 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v95)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v60 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v93 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v60 * v93)
+    v95 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2590,8 +2762,8 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v102 += tl.trans(tl.dot(v54.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v102)
     tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -2612,15 +2784,17 @@ def chunk_grad_k_0_bwd_kernel(
         v103_a = tl.load(scratch + 8 * C * HID + C * D + v103_p[:, None] * D + tl.arange(0, D)[None, :])
         v103 += v103_x[:, None] * v103_y * v103_m[:, None] * tl.exp(tl.minimum(v103_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = (v49 * v103)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 5 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v104)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     v50 = (v47 * v49)
-    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 5 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2630,9 +2804,9 @@ def chunk_grad_k_0_bwd_kernel(
         v54 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v82 += tl.dot(v54.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 8 * C * HID + 9 * C * D + 5 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = (v50 * v82)
-    v104 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v104 = tl.load(scratch + 8 * C * HID + 8 * C * D + 5 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v83 + v104)
     v106 = v105
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -2673,7 +2847,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2749,8 +2923,10 @@ def chunk_grad_k_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -2845,6 +3021,7 @@ def chunk_grad_k_1_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -2889,8 +3066,13 @@ def chunk_grad_k_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -2915,14 +3097,16 @@ def chunk_grad_k_1_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -2942,11 +3126,11 @@ def chunk_grad_k_1_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2959,7 +3143,7 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2987,7 +3171,7 @@ def chunk_grad_k_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -3042,7 +3226,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 20 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v114, v117, v118, v82, v86, v109, v55, v43, v68, v69, causal, v100, v16, v23, v24, v25, v35, v43, v44, v49, v50, v88, v56, v51, v60, v62, v67, v65, v69, v63, v64, v68, v99, v100, v101, v78, v85, v84, v107
+    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 26 * C * BV)  # v10, v11, v36, v89, v58, v66, v59, v114, v117, v118, v82, v86, v109, v55, v43, v68, v69, causal, v100, v16, v23, v24, v25, v26, v35, v43, v44, v49, v50, v88, v56, v51, v60, v62, v67, v65, v69, v63, v64, v68, v99, v100, v101, v78, v85, v84, v107, v125, v126, v130, v138, v139
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3076,36 +3260,43 @@ def chunk_grad_k_2_bwd_kernel(
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
-    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v53 = k
     v88 = (v50 * v53)
-    tl.store(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v55 = (v53 * v49)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 12 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 12 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -3126,15 +3317,15 @@ def chunk_grad_k_2_bwd_kernel(
         v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     v48 = tl.exp(v43)  # cumulative decay in the chunk
     v51 = (q * v48)
-    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v60 = v48
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = tl.load(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 12 * C * HID + BV * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3146,8 +3337,8 @@ def chunk_grad_k_2_bwd_kernel(
         v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3175,27 +3366,27 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v61)
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = v35
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v65 = v49
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v64 = v44
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :], v64)  # park
     v68 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3203,11 +3394,11 @@ def chunk_grad_k_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v68)
     tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
     tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -3229,7 +3420,7 @@ def chunk_grad_k_2_bwd_kernel(
         v70_b = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v62 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v71 = (v62 - v70)
     v72 = tl.sum((v71), axis=1)
     v73 = (v72 / (D))
@@ -3248,9 +3439,13 @@ def chunk_grad_k_2_bwd_kernel(
     v97 = tl.sum((v96), axis=1)
     v98 = (v97 / (D))
     v99 = (v95 + v98[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     v100 = ((-1.0) * v99)
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v100)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v101 = tl.zeros((C, C), DTYPE)
     v101_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3269,18 +3464,20 @@ def chunk_grad_k_2_bwd_kernel(
         v101 += tl.where(tl.arange(0, C)[None, :] == v101_p[:, None], v101_d[:, None], 0.0)
     v101 = v101 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v101)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :], v101)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v99 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v99 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = (v60 * v99)
-    v50 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = v50
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v78)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v85 = (v78 * v67)
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v101 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3295,8 +3492,8 @@ def chunk_grad_k_2_bwd_kernel(
         v114 = ((-1.0) * v113)
         tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3320,7 +3517,7 @@ def chunk_grad_k_2_bwd_kernel(
         v86 = tl.dot(v85.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v101 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3335,14 +3532,14 @@ def chunk_grad_k_2_bwd_kernel(
         v82 = tl.load(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v83 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v84 = (v78 * v83)
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v100 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v100)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v102 = tl.zeros((C, BV), DTYPE)
@@ -3362,12 +3559,12 @@ def chunk_grad_k_2_bwd_kernel(
         v102_a = tl.load(scratch + 12 * C * HID + BV * HID + C * D + v102_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v102 += v102_x * v102_y[:, None] * v102_m[:, None] * tl.exp(tl.minimum(v102_a - v64, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v65 * v102)
-    v84 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 18 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v106 = (v84 + v103)
     v107 = v106
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :], v107)  # park
     v120 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3379,35 +3576,50 @@ def chunk_grad_k_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v120 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 20 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v121 = (v107 + v120)
     v122 = tl.sum((v121), axis=1)
     v123 = (v122 / (D))
     v124 = ((-1.0) * v123)
     v125 = (v121 + v124[:, None])
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :], v125)  # park
     v126 = (2.0 * v29[:, None] * v125)
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v16 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v127 = (2.0 * v16 * v125)
     v128 = tl.sum((v127), axis=1)
     v129 = (v128 / (D))
     v25 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v130 = ((-0.5) * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :], v130)  # park
     v133 = ((-0.5) * v16 * ln_weight[None, :] * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v136 = (ln_weight[None, :] * v125 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v137 = (v133 + v136)
+    tl.debug_barrier()  # parked tiles other threads stored
     v23 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v24 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v138 = (v137 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :], v138)  # park
     v139 = (ln_weight[None, :] * v138 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :], v139)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v25 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v131 = (0.75 * v16 * ln_weight[None, :] * v25 * v129[:, None] / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * (tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v132 = tl.sum((v131), axis=1)
+    v125 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 21 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = ((-0.5) * ln_weight[None, :] * v25 * v125 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v135 = tl.sum((v134), axis=1)
+    v138 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 24 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v140 = ((-0.5) * v16 * ln_weight[None, :] * v138 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v141 = tl.sum((v140), axis=1)
     v142 = (v132 + v135 + v141)
     v143 = (v142 / (D))
     v144 = (2.0 * v16 * v143[:, None])
+    v126 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 22 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 23 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v139 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * D + 5 * C * C + 25 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v145 = (v126 + v130 + v139 + v144)
     v146 = ((-1.0) * v145)
     v147 = tl.sum((v146), axis=1)
@@ -3466,7 +3678,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3542,8 +3754,10 @@ def chunk_grad_v_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -3638,6 +3852,7 @@ def chunk_grad_v_0_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -3682,8 +3897,13 @@ def chunk_grad_v_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -3708,14 +3928,16 @@ def chunk_grad_v_0_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -3735,11 +3957,11 @@ def chunk_grad_v_0_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3752,7 +3974,7 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3780,7 +4002,7 @@ def chunk_grad_v_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -3833,7 +4055,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3909,8 +4131,10 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -4005,6 +4229,7 @@ def chunk_grad_v_1_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -4049,8 +4274,13 @@ def chunk_grad_v_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -4075,14 +4305,16 @@ def chunk_grad_v_1_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4102,11 +4334,11 @@ def chunk_grad_v_1_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4119,7 +4351,7 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4147,7 +4379,7 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -4196,7 +4428,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v41, v49, v16, v26, v35, v55, v62, v56, v57, v63, v74
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -4209,12 +4441,21 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4235,7 +4476,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4260,6 +4501,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -4272,18 +4514,22 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4309,22 +4555,22 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4334,9 +4580,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4358,7 +4604,9 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v55 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -4368,16 +4616,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v74 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
+    v63 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = (v84 * v63)
     v86 = v85
     v87 = tl.cumsum(v86, axis=0, reverse=True)
@@ -4420,16 +4672,19 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v43, v48, v35, v40, v42, v44, v41, v49, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 9 * C * D + 5 * C * C + 15 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, v46, v43, v48, v16, v20, v23, v26, v35, v40, v42, v44, v41, v49, v53, v55, v60, v62, v56, v57, v67, v74, v83, v85
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4446,39 +4701,54 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v20)  # park
     v21 = k
+    tl.debug_barrier()  # parked tiles other threads stored
+    v20 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
-    v41 = v40
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = v40
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4499,14 +4769,14 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v44 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4521,7 +4791,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v45 = tl.dot(v44.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v45)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4540,24 +4810,27 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 8 * C * HID + 2 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
+    v60 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v62 = (v60 * v58)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4566,9 +4839,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4590,27 +4863,36 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v63_b = tl.load(scratch + 8 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
     v67 = (v64 - v66[:, None])
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v67)  # park
     v68 = (v67 * v67)
     v69 = tl.sum((v68), axis=1)
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v67 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
+    v74 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4629,9 +4911,12 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 8 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
+    v85 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4653,9 +4938,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v47 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v92 += tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v41 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v92)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, D), DTYPE)
@@ -4716,7 +5001,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV)  # v10, v11, v51, v52, v53, v60, v100, v49, v41, v62, v63, causal, v35, v44, v41, v43, v45, v63, v57, v58, v64, v54, v55, v91, v102, v98
+    scratch = scratch_ptr + slot * (7 * C * HID + 10 * C * D + 4 * C * C + 13 * C * BV)  # v10, v11, v51, v52, v53, v60, v100, v49, v41, v62, v63, causal, v16, v35, v44, v49, v41, v42, v50, v43, v45, v61, v63, v57, v58, v64, v54, v55, v68, v86, v91, v93, v102, v98
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4734,6 +5019,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -4745,6 +5031,8 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -4755,18 +5043,22 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = gate_eta
-    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
     v49 = (v47 * v44)
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v41 = tl.cumsum(v40, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     v42 = v41
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v49)
     tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v41)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -4787,21 +5079,32 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     v43 = tl.exp(v41)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (q * v43)
-    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v61 = v35
-    v44 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v59 = v44
+    v61 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v63 = (v61 * v59)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v42 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v42
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v58)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v50 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4814,7 +5117,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4832,9 +5135,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v60)
         v62 += tl.dot(v53.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v57 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v58 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v63 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 7 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v62)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v63)
     tl.store(scratch + 7 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -4856,11 +5159,11 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64_b = tl.load(scratch + 7 * C * HID + C * D + v64_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v64 += v64_x[:, None] * v64_y * v64_m[:, None] * tl.exp(tl.minimum(v57 - v64_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v54 = v43
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
     v55 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4868,15 +5171,16 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v56 = (v54 * v55)
-    v64 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v65 = (v56 - v64)
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     v68 = (v65 - v67[:, None])
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
@@ -4884,19 +5188,24 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v83 = ((-0.5) * v68 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v71[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
     v84 = tl.sum((v83), axis=1)
     v85 = (v84 / (D))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v68 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v86 = (2.0 * v68 * v85[:, None])
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     v82 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v71[:, None])))))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v86 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v82 + v86)
     v88 = ((-1.0) * v87)
     v89 = tl.sum((v88), axis=1)
     v90 = (v89 / (D))
     v91 = (v87 + v90[:, None])
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     v92 = ((-1.0) * v91)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v58 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v63 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -4915,9 +5224,12 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v54 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v54 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v54 * v91)
+    v93 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4939,13 +5251,13 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v100 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v101 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v102 = (q * v101)
-    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v102)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_i[None, :], v102)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v55 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v91 = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v97 = (v91 * v55)
     v98 = v97
-    tl.store(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_i[None, :], v98)  # park
     v76 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4966,10 +5278,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v80 = (v77 + v79)
     v81 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v80[None, :])
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 7 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v102 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 7 * C * HID + 9 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v102 = tl.load(scratch + 7 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = (v81 + v98 + v102)
-    v41 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v104 = (v103 * tl.exp(v41))
     v105 = tl.cumsum(v104, axis=0, reverse=True)
     v106 = (v105 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
@@ -5011,7 +5323,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + 2 * C * BV + 2 * C * D)  # v10, v11, v35, v51, v58, v48
+    scratch = scratch_ptr + slot * (2 * C * HID + 3 * C * BV + 2 * C * D)  # v10, v11, v16, v35, v51, v58, v48
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5029,6 +5341,7 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5040,6 +5353,8 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5050,9 +5365,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 2 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v51 = v35
-    tl.store(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v56 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5063,14 +5378,14 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         v55 = ((-1.0) * d_new_w2)
         v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v57 = (v51 * v56)
     v58 = v57
-    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 2 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
     v48 = k
-    tl.store(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 2 * C * HID + 3 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 2 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5084,9 +5399,9 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = ((-1.0) * d_new_w1)
         v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 2 * C * HID + 3 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v48 * v60)
-    v58 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 2 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v58 + v61)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v47 = gate_eta
@@ -5141,7 +5456,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 13 * C * D + 5 * C * C + 8 * C * BV)  # v10, v11, v50, v52, v56, v57, v64, v106, v53, v43, v66, v67, causal, v96, q, v107, v35, v65, v48, v67, v43, v47, v49, v51, v53, v44, v54, v58, v66, v60, v95, v101, v109, v82
+    scratch = scratch_ptr + slot * (8 * C * HID + 13 * C * D + 6 * C * C + 16 * C * BV)  # v10, v11, v50, v52, v56, v57, v64, v106, v53, v43, v66, v67, causal, v96, q, v107, v16, v23, v26, v35, v65, v48, v67, v43, v47, v49, v51, v53, v44, v54, v58, v66, v60, v61, v62, v72, v86, v95, v96, v101, v97, v109, v82
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
@@ -5160,6 +5475,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5168,42 +5484,57 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v22 = (v20 + v21)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v23 = (v22 - v)
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v23)  # park
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
+    v26 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v31 = (v26 + v30)
     v32 = ((-1.0) * v31)
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v65 = v35
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v63 = v48
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v67 = (v65 * v63)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v67)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v47 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     v49 = (q * v47)
-    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v49)  # park
     v51 = k
-    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = (v51 * v48)
-    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v43
-    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v44)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v53)
     tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5224,14 +5555,14 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 += tl.where(tl.arange(0, C)[None, :] == v54_p[:, None], v54_d[:, None], 0.0)
     v54 = v54 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v54)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v58 = v47
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v49 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5246,7 +5577,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v52 = v37
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 8 * C * HID + 10 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v66 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5264,7 +5595,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
         v66 += tl.dot(v57.to(DOT_DTYPE), tl.trans(v64).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v66)  # park
     v59 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5273,16 +5604,21 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v59 += tl.dot(v57.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 * v59)
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v43
-    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v44
-    v66 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v66 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v66)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v67)
     tl.store(scratch + 8 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5304,27 +5640,37 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v68_b = tl.load(scratch + 8 * C * HID + C * D + v68_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v68 += v68_x[:, None] * v68_y * v68_m[:, None] * tl.exp(tl.minimum(v61 - v68_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v69 = (v60 - v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
     v72 = (v69 - v71[:, None])
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     v73 = (v72 * v72)
     v74 = tl.sum((v73), axis=1)
     v75 = (v74 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v86 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v72 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = ((-0.5) * v72 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v75[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v75[:, None])))))
     v88 = tl.sum((v87), axis=1)
     v89 = (v88 / (D))
     v90 = (2.0 * v72 * v89[:, None])
+    v86 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v91 = (v86 + v90)
     v92 = ((-1.0) * v91)
     v93 = tl.sum((v92), axis=1)
     v94 = (v93 / (D))
     v95 = (v91 + v94[:, None])
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = ((-1.0) * v95)
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v66 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v96)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v98 = tl.zeros((C, BV), DTYPE)
@@ -5344,10 +5690,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v98_a = tl.load(scratch + 8 * C * HID + C * D + v98_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v98 += v98_x[:, None] * v98_y * v98_m[:, None] * tl.exp(tl.minimum(v98_a - v62, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v99 = ((-1.0) * v67 * v98)
     v101 = v99
-    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
+    tl.store(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v101)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v96 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v97 = tl.zeros((C, C), DTYPE)
     v97_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5366,9 +5717,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v97 += tl.where(tl.arange(0, C)[None, :] == v97_p[:, None], v97_d[:, None], 0.0)
     v97 = v97 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v95 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 8 * C * HID + 10 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v95 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v102 = (v58 * v95)
+    v97 = tl.load(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 16 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5390,8 +5744,8 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v106 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v107 += tl.trans(tl.dot(v52.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.store(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v107)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5412,10 +5766,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v108_a = tl.load(scratch + 8 * C * HID + C * D + v108_p[:, None] * D + tl.arange(0, D)[None, :])
         v108 += v108_x * v108_y[:, None] * v108_m[:, None] * tl.exp(tl.minimum(v108_a - v44, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v109 = ((-1.0) * v53 * v108)
-    tl.store(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v109)  # park
+    tl.store(scratch + 8 * C * HID + 11 * C * D + 6 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v109)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v80 = tl.zeros((C, BV), DTYPE)
@@ -5426,11 +5782,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v79 = ((-1.0) * d_new_w2)
         v64 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v80 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v81 = (v65 * v80)
     v82 = v81
-    tl.store(scratch + 8 * C * HID + 12 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 8 * C * HID + 12 * C * D + 6 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     v84 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5440,16 +5795,16 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v84 += tl.dot(v52.to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 8 * C * HID + 7 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = (v51 * v84)
-    v82 = tl.load(scratch + 8 * C * HID + 12 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 8 * C * HID + 12 * C * D + 6 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v110 = (v82 + v85)
-    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v111 = (v48 * v110)
-    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 8 * C * HID + 9 * C * D + 3 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v112 = ((-1.0) * v41[:, None] * v111 * tl.exp((v46[None, :] - v44)))
-    v101 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v109 = tl.load(scratch + 8 * C * HID + 11 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 8 * C * HID + 10 * C * D + 5 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v109 = tl.load(scratch + 8 * C * HID + 11 * C * D + 6 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v101 + v109 + v112)
     v114 = v113
     v115 = tl.cumsum(v114, axis=0, reverse=True)
@@ -5492,7 +5847,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 5 * C * D + 3 * C * C + 9 * C * BV)  # v10, v11, v50, v52, v48, v40, v61, v62, causal, v84, v35, v43, v42, v44, v60, v62, v56, v57, v61, v63, v53
+    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 4 * C * C + 10 * C * BV)  # v10, v11, v50, v52, v48, v40, v61, v62, causal, v84, v16, v35, v43, v41, v49, v42, v44, v60, v62, v56, v57, v61, v63, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5510,6 +5865,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -5521,6 +5877,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -5531,17 +5889,18 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v46 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v48 = (v46 * v43)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
     v41 = v40
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -5562,23 +5921,29 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     v42 = tl.exp(v40)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (q * v42)
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v41 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v49 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5591,7 +5956,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5607,11 +5972,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v59 = v11
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :], v61)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5633,11 +5998,11 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v42 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v42
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v54 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5646,9 +6011,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 4 * C * HID + 6 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    v63 = tl.load(scratch + 4 * C * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 4 * C * HID + 6 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -5668,9 +6033,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
     v84 = ((-1.0) * v83)
-    v56 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v61 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v84)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, BV), DTYPE)
@@ -5690,7 +6055,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85_a = tl.load(scratch + 4 * C * HID + C * D + v85_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v85 += v85_x * v85_y[:, None] * v85_m[:, None] * tl.exp(tl.minimum(v85_a - v57, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v86 = (v60 * v85)
     v87 = v86
     v88 = v87
@@ -5732,7 +6097,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, q, v46, v35, v40, v42, v44, v43, v41, v49, v53, v55, v62, v56, v57, v83
+    scratch = scratch_ptr + slot * (8 * C * HID + 9 * C * D + 5 * C * C + 9 * C * BV)  # v10, v11, v47, v45, v51, v59, v52, v91, v48, v40, v61, v62, causal, v92, q, v46, v35, v40, v42, v44, v43, v41, v49, v53, v55, v62, v56, v57, v74, v83, v85
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
     tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
@@ -5789,6 +6154,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v46 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
+    v40 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
     tl.store(scratch + 8 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
     tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
@@ -5912,17 +6278,24 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v70 = (v69 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v74 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = ((-0.5) * v67 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v70[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v70[:, None])))))
     v76 = tl.sum((v75), axis=1)
     v77 = (v76 / (D))
     v78 = (2.0 * v67 * v77[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v74 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v79 = (v74 + v78)
     v80 = ((-1.0) * v79)
     v81 = tl.sum((v80), axis=1)
     v82 = (v81 / (D))
     v83 = (v79 + v82[:, None])
-    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
     v84 = ((-1.0) * v83)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v56 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v85 = tl.zeros((C, C), DTYPE)
     v85_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5941,9 +6314,12 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v85 += tl.where(tl.arange(0, C)[None, :] == v85_p[:, None], v85_d[:, None], 0.0)
     v85 = v85 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
+    tl.store(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
     v53 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v53 * v83)
+    v85 = tl.load(scratch + 8 * C * HID + 9 * C * D + 4 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6028,7 +6404,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * C * HID + 2 * C * BV + 2 * C * D)  # v10, v11, v35, v51, v58, v48
+    scratch = scratch_ptr + slot * (2 * C * HID + 3 * C * BV + 2 * C * D)  # v10, v11, v16, v35, v51, v58, v48
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6046,6 +6422,7 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v14 = tl.sum((v12), axis=1)
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
+    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
@@ -6057,6 +6434,8 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
+    tl.debug_barrier()  # parked tiles other threads stored
+    v16 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -6067,9 +6446,9 @@ def chunk_grad_gate_eta_2_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 2 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v51 = v35
-    tl.store(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
+    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v56 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6080,14 +6459,14 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         v55 = ((-1.0) * d_new_w2)
         v56 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 2 * C * HID + C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v57 = (v51 * v56)
     v58 = v57
-    tl.store(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
+    tl.store(scratch + 2 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v58)  # park
     v48 = k
-    tl.store(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 2 * C * HID + 3 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 2 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6101,9 +6480,9 @@ def chunk_grad_gate_eta_2_bwd_kernel(
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v59 = ((-1.0) * d_new_w1)
         v60 += tl.dot(v49.to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 2 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 2 * C * HID + 3 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v48 * v60)
-    v58 = tl.load(scratch + 2 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v58 = tl.load(scratch + 2 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = (v58 + v61)
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6153,7 +6532,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6229,8 +6608,10 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -6325,6 +6706,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -6369,8 +6751,13 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -6395,14 +6782,16 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6422,11 +6811,11 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6439,7 +6828,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6467,7 +6856,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -6520,7 +6909,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6596,8 +6985,10 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -6692,6 +7083,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -6736,8 +7128,13 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -6762,14 +7159,16 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -6789,11 +7188,11 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6806,7 +7205,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6834,7 +7233,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -6883,7 +7282,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v43, v41, v49, v35, v55, v62, v56, v57
+    scratch = scratch_ptr + slot * (4 * C * HID + 8 * C * D + 3 * C * C + 7 * C * BV)  # v45, v10, v11, v52, v48, v40, v61, v62, causal, v40, v53, v44, v46, v43, v48, v41, v49, v35, v55, v62, v56, v57
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
@@ -6896,12 +7295,20 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v46 = k
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
+    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
-    tl.store(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.store(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v41)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v48 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v48)
     tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6922,7 +7329,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v44 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6968,9 +7375,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 4 * C * HID + 6 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 4 * C * HID + 8 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6996,22 +7403,22 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v53 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
-    v43 = tl.load(scratch + 4 * C * HID + 4 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = v43
     v62 = (v60 * v58)
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v40 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 4 * C * HID + 5 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 4 * C * HID + 7 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7021,9 +7428,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v52 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v56 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v57 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     tl.store(scratch + 4 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
     tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7045,7 +7452,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v63_b = tl.load(scratch + 4 * C * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    v55 = tl.load(scratch + 4 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = tl.load(scratch + 4 * C * HID + 8 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = (v55 - v63)
     v65 = tl.sum((v64), axis=1)
     v66 = (v65 / (D))
@@ -7094,7 +7501,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7170,8 +7577,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -7264,6 +7673,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -7308,8 +7718,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -7334,14 +7749,16 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7361,11 +7778,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7378,7 +7795,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7406,7 +7823,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -7457,7 +7874,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v25, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7533,8 +7950,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -7627,6 +8046,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -7671,8 +8091,13 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -7697,14 +8122,16 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -7724,11 +8151,11 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7741,7 +8168,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7769,7 +8196,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -7816,7 +8243,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7892,8 +8319,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -7988,6 +8417,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -8032,8 +8462,13 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -8058,14 +8493,16 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8085,11 +8522,11 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8102,7 +8539,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8130,7 +8567,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
@@ -8146,6 +8583,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v23 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v24 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v126 = (v125 * tl.where((v24 >= tl.abs(v23)), 1.0, (1.0 * v24 * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))))))
+    v16 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v127 = (v16 * v126 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v128 = tl.sum((v127), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v128.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -8225,7 +8663,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 3 * C * C + 17 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v97, v104, v86, v105
+    scratch = scratch_ptr + slot * (10 * C * HID + 9 * C * D + 4 * C * C + 18 * C * BV)  # v10, v11, v66, v52, v54, v58, v59, v87, v102, v113, v55, v43, v68, v69, causal, v98, v16, v23, v24, v43, v44, v49, v50, v78, v84, v65, v60, v51, v53, v56, v35, v62, v69, v63, v64, v68, v97, v98, v104, v86, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v12 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8301,8 +8739,10 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.store(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v51)  # park
     v53 = k
     tl.store(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
-    v55 = (v53 * v49)
     tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 10 * C * HID + 4 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v55 = (v53 * v49)
+    v43 = tl.load(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.load(scratch + 10 * C * HID + 3 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     tl.store(scratch + 10 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.store(scratch + 10 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
@@ -8397,6 +8837,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v59 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
@@ -8441,8 +8882,13 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v95 = tl.sum((v94), axis=1)
     v96 = (v95 / (D))
     v97 = (v93 + v96[:, None])
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
     v98 = ((-1.0) * v97)
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v98)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v63 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.store(scratch + 10 * C * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v100 = tl.zeros((C, BV), DTYPE)
@@ -8467,14 +8913,16 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v84 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v103 = (v84 + v101)
     v104 = v103
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v50 = tl.load(scratch + 10 * C * HID + 5 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = tl.load(scratch + 10 * C * HID + 7 * C * D + 2 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v86 = (v50 * v53)
-    tl.store(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
+    v64 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 13 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v69 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v98 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -8494,11 +8942,11 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     v60 = tl.load(scratch + 10 * C * HID + 6 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v97 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v105 = (v60 * v97)
-    tl.store(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
+    tl.store(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v105)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 16 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 17 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8511,7 +8959,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v102)
     tl.debug_barrier()
     v56 = tl.load(scratch + 10 * C * HID + 8 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 10 * C * HID + 9 * C * D + 4 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8539,7 +8987,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v113 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v114 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + 10 * C * HID + 8 * C * D + 4 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v115 = (v104 + v114)
     v116 = tl.sum((v115), axis=1)
     v117 = (v116 / (D))
