@@ -47,7 +47,10 @@ def value_block(head_dim: int) -> int:
     backward state pass: D = 128, BV = 64: 248 / 624; BV = 32: 0 / 608. D = 64, BV = 64: 0 / 184; BV = 32: 0 / 32.
     Since the backward state pass reads its carry-free values (mirasc.triton_kernels.carry_free), all of
     gated_deltanet's kernels at D = 128 spill 416 B in all with BV = 32 and 120 B with 16 (two key-gradient terms);
-    32 stays, for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16."""
+    with 16 and 4 warps in every kernel none spills and no product repeats, with 32 and 4 warps 224 B (four
+    kernels); DeltaNet's kernels, spill-free as launched, spill 16 B in one kernel with 16 and 4 warps. 32 stays,
+    for tensor-core tiles twice as wide and half the per-block work repeated; the autotuner tries 16 with the other
+    warp count."""
     return min(head_dim, 32)
 
 
