@@ -1,5 +1,6 @@
 """The paper's MLP memories learn: a tiny MQAR on which Titans, Yaad and Memora must pass a stated mean accuracy over
-two seeds after a fixed number of steps (mirasc.train with the real MirasForCausalLM, one CPU thread, 5–10 s a run).
+two seeds (Yaad four) after a fixed number of steps (mirasc.train with the real MirasForCausalLM, one CPU thread,
+5–10 s a run).
 
 With the initialisation before issue 10 (the layer's q, k, v projections at the model's generic normal(0, 0.02),
 MirasLayer.qkv_init_std = 0.02, and eta starting at 0.1) none of the three passes: the measured figures are below,
@@ -38,9 +39,13 @@ SETTINGS = dict(task="mqar", tier="cpu", vocab_size=64, seq_len=16, kv_pairs=2, 
 # 0.22 / 0.16 before; each threshold sits between the two. Yaad's bound slows its start on this tiny task (0.52
 # unbounded) while it makes the main job's MQAR learn at every seed (bench/README.md, "Yaad's inner learning rate,
 # bounded"); at 250 steps the tiny task no longer separates the inits (old init: titans 0.43 / 0.36, yaad 0.58 /
-# 0.81), so the budget stays at 150.
-SEEDS = (0, 1)
-THRESHOLD = {"titans": 0.42, "yaad": 0.30, "memora": 0.28}
+# 0.81), so the budget stays at 150. Yaad's runs with the bound also differ between machines where the old init's
+# did not: on another machine of the same kind (2026-12-03, fourth session) seeds 0 / 1 / 2 / 3 gave 0.301 / 0.281 /
+# 0.328 / 0.363 (mean of 0 and 1: 0.291, under the 0.30 this test had) against the old init's 0.254 / 0.191 / 0.297
+# / 0.203, the figures above to the digit. So Yaad takes the mean of four seeds: 0.318 there (0.325 over the three
+# seeds above) against 0.236 with the old init, and its threshold sits between them.
+SEEDS = {"titans": (0, 1), "yaad": (0, 1, 2, 3), "memora": (0, 1)}
+THRESHOLD = {"titans": 0.42, "yaad": 0.28, "memora": 0.28}
 
 
 def _accuracy(spec: str, out, seed: int) -> float:
@@ -56,7 +61,7 @@ def _accuracy(spec: str, out, seed: int) -> float:
 @pytest.mark.parametrize("spec", sorted(THRESHOLD))
 def test_mlp_memory_learns_tiny_mqar(spec, tmp_path):
     assert MirasLayer.qkv_init_std is None, "the layer's own init is what this test measures"
-    accs = [_accuracy(spec, tmp_path / f"{spec}-{seed}", seed) for seed in SEEDS]
+    accs = [_accuracy(spec, tmp_path / f"{spec}-{seed}", seed) for seed in SEEDS[spec]]
     mean = sum(accs) / len(accs)
     assert mean > THRESHOLD[spec], (f"{spec}: mean MQAR accuracy {mean:.3f} after {SETTINGS['steps']} steps (seeds "
-                                    f"{SEEDS}: {', '.join(f'{a:.3f}' for a in accs)})")
+                                    f"{SEEDS[spec]}: {', '.join(f'{a:.3f}' for a in accs)})")
