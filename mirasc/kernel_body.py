@@ -142,8 +142,8 @@ LOOP_UNITS = 2.0
 # tiles it does not read whose next reader is furthest away (`_parked`). 4 from ahead-of-time compiles at D = 64
 # (bench/README.md, "Parked tiles between the loops"): titans' stack bytes in all 10,704 with no bound, 10,632 at 8
 # units, 10,112 at 6, 5,592 at 4, 5,344 at 3, 5,464 at 2; 3 parks a third more tiles than 4 for 5 % fewer bytes,
-# and each parked tile is a store and a load per reader. In kernels without hidden-block loops it only added spills
-# (Gated DeltaNet at D = 128: 416 B in all against 736), so they park nothing.
+# and each parked tile is a store and a load per reader. In kernels without hidden-block loops a bound of 3 only
+# added spills (Gated DeltaNet at D = 128: 736 B in all against 416), so they park nothing.
 PARK_UNITS = 4.0
 
 
