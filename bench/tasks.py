@@ -9,10 +9,10 @@
 
 Every model gets the same data (per seed), size, steps, batch and learning rate. Each swept setting (seed, width,
 length, contamination, chunk size) is a separate training run; the table gives per model and setting the mean
-accuracy over the seeds and its spread (min–max), and the wall time of one run. `--qkv-init-std` and `--gate-init`
-change the layer's initialisation (the ablation of mirasc/nn/layer.py's defaults). MQAR kv pairs default to L/16
-when lengths are swept (Zoology's growth with L), else 4. The figures are what a 2-core CPU gets in minutes, not
-the paper's scale.
+accuracy over the seeds and its spread (min–max), and the wall time of one run. `--qkv-init-std`,
+`--norm-gain-init` and `--gate-init` change the layer's initialisation (the ablation of mirasc/nn/layer.py's
+defaults). MQAR kv pairs default to L/16 when lengths are swept (Zoology's growth with L), else 4. The figures are
+what a 2-core CPU gets in minutes, not the paper's scale.
 """
 
 from __future__ import annotations
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve-points", type=int, default=16, help="train-accuracy points logged per run")
     p.add_argument("--qkv-init-std", type=float, default=None,
                    help="init the layer's q/k/v projections normal(0, STD) instead of nn.Linear's default")
+    p.add_argument("--norm-gain-init", type=float, default=None, metavar="C",
+                   help="start the memory's LayerNorm gain at C/sqrt(head_dim) instead of 1 (MLP memories)")
     p.add_argument("--gate-init", nargs="+", default=[], metavar="ROLE=VALUE",
                    help="initial gate values by role for every spec (replacing mirasc.nn.gates.GATE_INIT and "
                         "GATE_INIT_FOR_MAP), e.g. lr=1.0 for the inner learning rate; a gate the spec declares "
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.qkv_init_std is not None:
         MirasLayer.qkv_init_std = args.qkv_init_std
+    if args.norm_gain_init is not None:
+        MirasLayer.norm_gain_init = args.norm_gain_init
     for name, value in _gate_init(args.gate_init).items():  # for every spec, whatever its map
         gates.GATE_INIT[name] = value
         for per_map in gates.GATE_INIT_FOR_MAP.values():

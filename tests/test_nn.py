@@ -246,6 +246,21 @@ def test_qkv_init_std_restores_a_normal_init(monkeypatch):
         assert abs(float(lin.weight.std()) - 0.02) < 0.003
 
 
+def test_memory_layernorm_gain_starts_where_the_spec_says(monkeypatch):
+    """`norm_start = identity` (titans): gain 1; `unit` (moneta): 1/sqrt(D); the ablation's c: c/sqrt(D) for all."""
+    def gain(m):
+        return m.memory_params["ln_weight"]
+
+    titans, moneta = layer("titans"), layer("moneta")
+    assert torch.equal(gain(titans), torch.ones_like(gain(titans)))
+    assert torch.allclose(gain(moneta), torch.full_like(gain(moneta), moneta.head_dim ** -0.5))
+    assert torch.equal(moneta.memory_params["ln_bias"], titans.memory_params["ln_bias"])
+    monkeypatch.setattr(MirasLayer, "norm_gain_init", 0.5)
+    for m in (layer("titans"), layer("moneta")):
+        assert torch.allclose(gain(m), torch.full_like(gain(m), 0.5 / m.head_dim ** 0.5))
+    assert dict(layer("gated_deltanet").memory_params) == {}  # no LayerNorm: nothing to scale
+
+
 def test_kl_map_gets_its_own_eta_init():
     """Memora's KL map steps in log space: its learning rate starts at GATE_INIT_FOR_MAP's 2, the others (whose spec
     declares no `init`) at GATE_INIT's 0.5."""

@@ -20,9 +20,12 @@ projection and the MLPs); `MirasLayer.qkv_init_std` restores a normal(0, std) in
 the value the spec declares (`init`: Moneta's learning rate 0.2), else at GATE_INIT by role (decay 0.99, learning
 rate 0.5, momentum 0.5, a gate of the bias such as Huber's δ 1; the learning rate 2 for the KL map,
 GATE_INIT_FOR_MAP), with a small data-dependent spread (GateProjection); the initial memory is `op.init_state`
-(learned from there), the memory's LayerNorm the identity. A gate's range is the spec's: Yaad's and Memora's η are
-bounded sigmoids, (0, 1) and (0, 4), since with an unbounded softplus η Yaad failed two of six seeds of the main
-job (their `lr_gate` option; bench/README.md, "Yaad's inner learning rate, bounded").
+(learned from there), the memory's LayerNorm the identity, except that a spec's `norm_start = unit` (Moneta's)
+starts its gain at 1/sqrt(D): the normalised branch then has the unit norm of the key it is added to, where from 1
+Moneta stayed near 0.2 at four seeds of six of the main job's MQAR (bench/README.md, "The LayerNorm's gain at the
+start"; `MirasLayer.norm_gain_init` sets c/sqrt(D) for every spec, an ablation). A gate's range is the spec's:
+Yaad's and Memora's η are bounded sigmoids, (0, 1) and (0, 4), since with an unbounded softplus η Yaad failed two
+of six seeds of the main job (their `lr_gate` option; bench/README.md, "Yaad's inner learning rate, bounded").
 
 Sequences. `attention_mask` [B, T] (1 real, 0 pad; left or right padding, or holes) and `cu_seqlens` (B = 1,
 packed) are handled exactly: each row's (segment's) real tokens are gathered to the front and the op runs once
@@ -54,6 +57,8 @@ from .sequences import RowsAndCache
 
 __all__ = ["MirasLayer"]
 
+NORM_GAIN = "ln_weight"  # the gain of an MLP memory's LayerNorm among the op's outer parameters
+
 
 class MirasLayer(RowsAndCache):
     """The Miras token mixer (Figure 2 of Behrouz et al. 2025) around a compiled memory op.
@@ -66,6 +71,10 @@ class MirasLayer(RowsAndCache):
     # The q, k, v projections' init: None is nn.Linear's default, U(±1/sqrt(fan_in)); a number is normal(0, it).
     # A class attribute so that benchmarks can measure the alternative (bench.tasks --qkv-init-std 0.02).
     qkv_init_std: float | None = None
+    # The memory's LayerNorm gain (`ln_weight`) at the start: None follows the spec's `norm_start` (1, the identity
+    # affine, or 1/sqrt(head_dim)); a number c starts it at c / sqrt(head_dim) for every spec, so that the normalised
+    # branch has norm c beside the unit-norm key it is added to. An ablation (bench.tasks --norm-gain-init).
+    norm_gain_init: float | None = None
 
     def __init__(self, spec, hidden_size: int, num_heads: int, head_dim: int | None = None, conv_size: int = 4,
                  gate_rank: int | None = None, use_rope: bool = False, chunk_size: int | None = None,
@@ -144,7 +153,19 @@ class MirasLayer(RowsAndCache):
                 p.copy_(s[0].to(p.device))
             for param in self.op.meta.params:
                 self.memory_params[param.name].fill_(param.default)
+            gain = self._norm_gain_start()
+            if gain is not None and NORM_GAIN in self.memory_params:
+                self.memory_params[NORM_GAIN].fill_(gain)
             self.o_norm_weight.fill_(1.0)
+
+    def _norm_gain_start(self) -> float | None:
+        """The memory LayerNorm's gain at the start where it is not the op's default 1: c/sqrt(D) for the ablation's
+        c, or 1/sqrt(D) for a spec's `norm_start = unit` (the branch's norm then matches the unit-norm key's)."""
+        if self.norm_gain_init is not None:
+            return self.norm_gain_init / math.sqrt(self.head_dim)
+        if self.op.meta.memory.arguments.get("norm_start") == "unit":
+            return 1.0 / math.sqrt(self.head_dim)
+        return None
 
     def __deepcopy__(self, memo):
         # the compiled op (it holds a Python module) is shared, not copied; everything else is copied as usual

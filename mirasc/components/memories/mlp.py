@@ -1,6 +1,11 @@
-"""`memory mlp(depth = 2, expansion = 4, activation = gelu, residual = true, norm = layernorm, norm_eps = 1e-5)`:
-M(x) = [x +] N(W_L σ(… σ(W_1 x))), hidden size expansion·D, no biases, N a LayerNorm over the output channels
-(with a weight and a bias per head and channel) or none (Titans' memory, and Moneta's, Yaad's and Memora's)."""
+"""`memory mlp(depth = 2, expansion = 4, activation = gelu, residual = true, norm = layernorm, norm_eps = 1e-5,
+norm_start = identity)`: M(x) = [x +] N(W_L σ(… σ(W_1 x))), hidden size expansion·D, no biases, N a LayerNorm over
+the output channels (with a weight and a bias per head and channel) or none (Titans' memory, and Moneta's, Yaad's and
+Memora's).
+
+`norm_start` is where a model layer (mirasc.nn.MirasLayer) starts the LayerNorm's weight, the gain; the op's math
+does not depend on it. `identity`: 1, so the normalised branch has norm sqrt(D) beside the unit-norm key of the
+residual; `unit`: 1/sqrt(D), so both have norm 1 (bench/README.md, "The LayerNorm's gain at the start")."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ class MLPMemory(MemoryArchitecture):
         Argument("residual", "word", default="true", choices=("true", "false")),
         Argument("norm", "word", default="layernorm", choices=("layernorm", "none")),
         Argument("norm_eps", "number", default=1e-5),
+        Argument("norm_start", "word", default="identity", choices=("identity", "unit")),
     )
     positional: ClassVar[bool] = False
 
@@ -37,6 +43,7 @@ class MLPMemory(MemoryArchitecture):
     residual: bool = True
     norm: Literal["layernorm", "none"] = "layernorm"
     norm_eps: float = 1e-5
+    norm_start: Literal["identity", "unit"] = "identity"
     span: Span = NO_SPAN
 
     @classmethod
