@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,13 @@ class Dist:
 
     def close(self) -> None:
         if self.initialised_here and dist.is_initialized():
+            # Gloo's worker threads free each finished collective themselves, and freeing one that holds tensors
+            # seen from Python (all_gather_object's) needs the GIL. The group's last reference (the DDP reducer's,
+            # freed when train returns) joins those threads while holding the GIL, so a worker still freeing the
+            # final barrier deadlocks with it: a rank of the torchrun test hung so in CI (native stacks: the main
+            # thread in ~ProcessGroupGloo's join under the reducer's dealloc, a worker in ~AsyncBarrierWork waiting
+            # for the GIL). Sleeping releases the GIL, so the workers finish first.
+            time.sleep(0.2)
             dist.destroy_process_group()
 
 
