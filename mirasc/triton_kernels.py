@@ -272,7 +272,11 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     carried in from the next chunk (`carries`), so no chunk waits for another to make it; a value that needs the
     adjoint reads it (the values only those read come with it); it is a chunk's tile of a token tensor (a token axis
     and one channel axis: as much memory as an input); and a matrix product makes it (anything less costs less to make
-    again than to read).
+    again than to read). Where the value that the carried adjoint reads is another matrix, a (D, D) or (C, C) one, its
+    token-tile operands are made first instead and the matrix is made again in the pass: TTT-Linear's adjoint gains
+    q^T·g per chunk, g the (C, D) adjoint of the LayerNorm's input, which needs d_out, the chunk's start state and the
+    LayerNorm's backward; reading g, its pass spilled 208 B where it spilled 992 (mirasc aot ttt_linear
+    --head-dim 64, C = 64, bf16, sm_90a).
 
     The pass then reads them and drops whatever only they needed, as flash-linear-attention makes dv's chunk-local
     part (chunk_bwd_dv_local) before its backward state pass (chunk_bwd_dhu). Gated DeltaNet's backward state pass,
@@ -282,8 +286,19 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     product: dict[int, bool] = {}
     for v in part.values:
         product[v.id] = v.id not in carried and (is_dot(v) or any(product[a.id] for a in v.args))
-    read_by_carried = {a.id for v in part.values if v.id in carried for a in v.args}
-    return [v for v in part.values if v.id in read_by_carried and product[v.id] and _token_tile(v)]
+    chosen: set[int] = set()
+    seen: set[int] = set()
+    frontier = [a for v in part.values if v.id in carried for a in v.args]
+    while frontier:
+        v = frontier.pop()
+        if v.id in seen or not product[v.id]:
+            continue
+        seen.add(v.id)
+        if _token_tile(v):
+            chosen.add(v.id)
+        elif len(v.axes) == 2:  # a matrix made from token tiles: its token-tile operands are made first instead
+            frontier.extend(v.args)
+    return [v for v in part.values if v.id in chosen]
 
 
 def _carry_free_split(bwd: Graph, states: list[str], hidden: bool) -> tuple[Graph | None, Graph]:

@@ -418,6 +418,25 @@ def test_backward_state_pass_reads_its_carry_free_products(stem):
     assert carry_free(part, {f"d_new_{s}" for s in io.states}) == []
 
 
+def test_ttt_linear_backward_state_pass_reads_the_layernorm_adjoint_made_before_it():
+    """TTT-Linear's state adjoint gains q^T·g per chunk, a (D, D) matrix no carried adjoint reaches, where g is the
+    adjoint of the output LayerNorm's input: a (C, D) tile made from d_out through a product with the chunk's start
+    state. The (D, D) matrix is no token tile, so its token-tile operand g is made before the pass (local_bwd), and
+    the sequential pass reads g where it made the LayerNorm's backward from d_out in every chunk."""
+    from mirasc.loader import load
+
+    _, kernels_by_name = _module_kernels("ttt_linear")
+    state_bwd, local_bwd = kernels_by_name["chunk_state_bwd_kernel"], kernels_by_name["chunk_local_bwd_kernel"]
+    assert "d_out_ptr +" not in state_bwd and "starts_w1_ptr +" not in state_bwd
+    assert "d_out_ptr +" in local_bwd
+    spec = load("ttt_linear")
+    fwd = lower(derive(spec), channel_decay="products")
+    io = _kernel_io(spec, fwd)
+    a = _Assembler(io, fwd, differentiate(fwd, input_names(spec)))
+    part = _only(a.backward, [f"d_{s}" for s in io.states])
+    assert carry_free(part, {f"d_new_{s}" for s in io.states}) == []
+
+
 @pytest.mark.parametrize("stem", ["deltanet", "gated_deltanet"])
 def test_state_pass_reads_the_ut_transform_made_before_it(stem):
     """The delta rule's UT transform (I + A)⁻¹, C substitution steps over (C, C) tiles, is made for every chunk at once

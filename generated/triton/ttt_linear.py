@@ -45,7 +45,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'state_bwd': {'grid': 'sequences',
                            'scratch': [],
                            'value_blocks': 'none',
-                           'tiles': 9.0,
+                           'tiles': 8.0,
                            'sub_chunks': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
@@ -55,17 +55,17 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 6.0,
+                              'tiles': 3.0,
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [],
-                              'value_blocks': 'none',
-                              'tiles': 4.0,
+                              'value_blocks': 'partial',
+                              'tiles': 3.0,
                               'sub_chunks': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [],
                               'value_blocks': 'none',
-                              'tiles': 5.0,
+                              'tiles': 4.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [],
@@ -95,7 +95,7 @@ DESCRIPTION = {'spec': 'ttt_linear',
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [],
                                      'value_blocks': 'none',
-                                     'tiles': 6.0,
+                                     'tiles': 4.0,
                                      'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [],
@@ -128,7 +128,10 @@ DESCRIPTION = {'spec': 'ttt_linear',
                                     'tiles': 3.0,
                                     'sub_chunks': False}},
  'stored': [],
- 'local': [['local_0', ['t', 'o']], ['local_1', ['t', 'o']], ['local_2', ['s', 'o']]]}
+ 'local': [['local_0', ['t', 'o']],
+           ['local_1', ['t', 'o']],
+           ['local_2', ['t', 'o']],
+           ['local_3', ['s', 'o']]]}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -282,7 +285,7 @@ def chunk_out_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_local_bwd_kernel(
-    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr,
+    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -329,12 +332,12 @@ def chunk_local_bwd_kernel(
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v33 = k
     v35 = tl.dot(q.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v30 = gate_eta
     v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
-    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
@@ -369,11 +372,12 @@ def chunk_local_bwd_kernel(
     v58 = tl.dot(tl.trans(v36).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v11.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v58.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v56.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v58.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
-    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
+    starts_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, d_final_w1_ptr, d_init_w1_ptr, carries_w1_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -405,96 +409,66 @@ def chunk_state_bwd_kernel(
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
         tl.store(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(carries_w1_ptr.dtype.element_ty))
+        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+        v22 = k
+        v19 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+        v20 = gate_eta
+        v21 = (v19 * v20)
+        v26 = (v22 * v21[:, None])
+        d_new_w1 = carry_w1
+        v25 = ((-1.0) * d_new_w1)
+        v27 = tl.dot(v26.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v30 = (v27 + local_3)
+        v31 = v30
+        v33 = tl.sum((v31), axis=1)
+        v34 = (v33 / (D))
+        v35 = ((-1.0) * v34)
+        v36 = (v31 + v35[:, None])
         local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v38 = (2.0 * local_0 * v36)
+        v39 = tl.sum((v38), axis=1)
+        v40 = (v39 / (D))
         v9 = (local_0 * local_0)
         v10 = tl.sum((v9), axis=1)
         v11 = (v10 / (D))
         local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v15 = tl.sum((v14), axis=1)
-        v16 = (v15 / (D))
-        v17 = (2.0 * local_0 * v16[:, None])
-        v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v18 = (v13 + v17)
-        v19 = ((-1.0) * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v32 = v22
+        v42 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v43 = tl.sum((v42), axis=1)
+        v44 = ((-0.5) * local_0 * ln_weight[None, :] * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v47 = (ln_weight[None, :] * v36 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v48 = (v44 + v47)
+        v50 = ((-0.5) * local_0 * ln_weight[None, :] * v48 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v51 = tl.sum((v50), axis=1)
+        v45 = ((-0.5) * ln_weight[None, :] * local_1 * v36 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v46 = tl.sum((v45), axis=1)
+        v52 = (v43 + v46 + v51)
+        v53 = (v52 / (D))
+        v54 = (2.0 * local_0 * v53[:, None])
+        v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v14 = tl.sum((v13), axis=1)
+        v15 = (v14 / (D))
+        v37 = (2.0 * v15[:, None] * v36)
+        v49 = (ln_weight[None, :] * v48 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v41 = ((-0.5) * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v55 = (v37 + v41 + v49 + v54)
+        v56 = ((-1.0) * v55)
+        v57 = tl.sum((v56), axis=1)
+        v58 = (v57 / (D))
+        v59 = (v55 + v58[:, None])
+        v60 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v31 = k
-        v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v27 = gate_eta
-        v34 = (v33 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])))
-        v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v36 = (v30 - v35)
-        v37 = tl.sum((v36), axis=1)
-        v38 = (v37 / (D))
-        v39 = (v36 - v38[:, None])
-        v40 = (v39 * v39)
-        v41 = tl.sum((v40), axis=1)
-        v42 = (v41 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v49 = ((-0.5) * v39 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v42[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
-        v50 = tl.sum((v49), axis=1)
-        v51 = (v50 / (D))
-        v52 = (2.0 * v39 * v51[:, None])
-        v48 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
-        v53 = (v48 + v52)
-        v54 = ((-1.0) * v53)
-        v55 = tl.sum((v54), axis=1)
-        v56 = (v55 / (D))
-        v57 = (v53 + v56[:, None])
-        v61 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v29 = (v26 * v27)
-        v46 = (v31 * v29[:, None])
-        d_new_w1 = carry_w1
-        v45 = ((-1.0) * d_new_w1)
-        v47 = tl.dot(v46.to(DOT_DTYPE), tl.trans(v45).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-        v59 = (v47 + local_2)
-        v60 = v59
-        v62 = tl.sum((v60), axis=1)
-        v63 = (v62 / (D))
-        v64 = ((-1.0) * v63)
-        v65 = (v60 + v64[:, None])
-        v67 = (2.0 * local_0 * v65)
-        v68 = tl.sum((v67), axis=1)
-        v69 = (v68 / (D))
-        v71 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v72 = tl.sum((v71), axis=1)
-        v73 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v76 = (ln_weight[None, :] * v65 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v77 = (v73 + v76)
-        v79 = ((-0.5) * local_0 * ln_weight[None, :] * v77 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v80 = tl.sum((v79), axis=1)
-        v74 = ((-0.5) * ln_weight[None, :] * local_1 * v65 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v75 = tl.sum((v74), axis=1)
-        v81 = (v72 + v75 + v80)
-        v82 = (v81 / (D))
-        v83 = (2.0 * local_0 * v82[:, None])
-        v66 = (2.0 * v16[:, None] * v65)
-        v78 = (ln_weight[None, :] * v77 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v70 = ((-0.5) * ln_weight[None, :] * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v84 = (v66 + v70 + v78 + v83)
-        v85 = ((-1.0) * v84)
-        v86 = tl.sum((v85), axis=1)
-        v87 = (v86 / (D))
-        v88 = (v84 + v87[:, None])
-        v89 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v90 = (d_new_w1 + v61 + v89)
-        carry_w1 = v90
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), local_2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = (d_new_w1 + v32 + v60)
+        carry_w1 = v61
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -533,7 +507,7 @@ def chunk_grad_q_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -566,59 +540,36 @@ def chunk_grad_q_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v27 = k
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v24 = gate_eta
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v18 = (v13 + v17)
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v28 = v22
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
-    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = (v26 - v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (2.0 * v35 * v44[:, None])
-    v46 = (v41 + v45)
-    v47 = ((-1.0) * v46)
-    v48 = tl.sum((v47), axis=1)
-    v49 = (v48 / (D))
-    v50 = (v46 + v49[:, None])
-    v51 = ((-1.0) * v50)
-    v52 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])) * v52)
-    v55 = tl.trans(tl.dot(tl.trans(v27).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v27 = v22
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v31 = ((-1.0) * local_2)
+    v32 = tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v24 = gate_eta
+    v34 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])) * v32)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v26 = k
+    v35 = tl.trans(tl.dot(tl.trans(v26).to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v35.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -638,7 +589,7 @@ def chunk_grad_q_2_bwd_kernel(
     offs_t = tl.arange(0, C)
     offs_s = tl.arange(0, C)
     offs_u = tl.arange(0, C)
-    offs_o = tl.arange(0, BV)
+    offs_o = tl.program_id(2) * BV + tl.arange(0, BV)
     offs_g = tl.arange(0, BH)
     offs_h = tl.arange(0, BH)
     offs_i = tl.arange(0, D)
@@ -651,56 +602,14 @@ def chunk_grad_q_2_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v9 = (local_0 * local_0)
-    v10 = tl.sum((v9), axis=1)
-    v11 = (v10 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v15 = tl.sum((v14), axis=1)
-    v16 = (v15 / (D))
-    v17 = (2.0 * local_0 * v16[:, None])
-    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
-    v19 = ((-1.0) * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v28 = v22
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v27 = k
-    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v24 = gate_eta
-    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
-    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = (v26 - v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (2.0 * v35 * v44[:, None])
-    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v46 = (v41 + v45)
-    v47 = ((-1.0) * v46)
-    v48 = tl.sum((v47), axis=1)
-    v49 = (v48 / (D))
-    v50 = (v46 + v49[:, None])
-    v52 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v13 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v13.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -748,52 +657,28 @@ def chunk_grad_k_0_bwd_kernel(
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v32 = v22
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v31 = k
-    v33 = tl.dot(q.to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v30 = v22
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v27 = gate_eta
-    v34 = (v33 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])))
-    v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v30 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v36 = (v30 - v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    v39 = (v36 - v38[:, None])
-    v40 = (v39 * v39)
-    v41 = tl.sum((v40), axis=1)
-    v42 = (v41 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v49 = ((-0.5) * v39 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v42[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
-    v50 = tl.sum((v49), axis=1)
-    v51 = (v50 / (D))
-    v52 = (2.0 * v39 * v51[:, None])
-    v48 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v42[:, None])))))
-    v53 = (v48 + v52)
-    v54 = ((-1.0) * v53)
-    v55 = tl.sum((v54), axis=1)
-    v56 = (v55 / (D))
-    v57 = (v53 + v56[:, None])
-    v58 = ((-1.0) * v57)
-    v59 = tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v61 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])) * v59)
-    v62 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     v29 = (v26 * v27)
-    v46 = (v32 * v29[:, None])
+    v34 = (v30 * v29[:, None])
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v45 = ((-1.0) * d_new_w1)
-    v47 = tl.dot(v46.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = (v47 + v62)
-    v64 = v63
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v64.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v33 = ((-1.0) * d_new_w1)
+    v35 = tl.dot(v34.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v37 = ((-1.0) * local_2)
+    v38 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v40 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])) * v38)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v41 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = (v35 + v41)
+    v43 = v42
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v43.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -836,29 +721,29 @@ def chunk_grad_k_1_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (2.0 * local_0 * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    v33 = (2.0 * local_0 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
-    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v37 = (v35 + v36)
-    v38 = v37
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v38.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = (v36 + v37)
+    v39 = v38
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_k_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -901,51 +786,51 @@ def chunk_grad_k_2_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v25 = ((-1.0) * d_new_w1)
     v27 = tl.dot(v26.to(DOT_DTYPE), tl.trans(v25).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v29 = (v27 + local_2)
-    v30 = v29
-    v31 = tl.sum((v30), axis=1)
-    v32 = (v31 / (D))
-    v33 = ((-1.0) * v32)
-    v34 = (v30 + v33[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v30 = (v27 + local_3)
+    v31 = v30
+    v32 = tl.sum((v31), axis=1)
+    v33 = (v32 / (D))
+    v34 = ((-1.0) * v33)
+    v35 = (v31 + v34[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v36 = (2.0 * local_0 * v34)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
+    v37 = (2.0 * local_0 * v35)
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v40 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v41 = tl.sum((v40), axis=1)
-    v42 = ((-0.5) * local_0 * ln_weight[None, :] * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v45 = (ln_weight[None, :] * v34 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v46 = (v42 + v45)
-    v48 = ((-0.5) * local_0 * ln_weight[None, :] * v46 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v49 = tl.sum((v48), axis=1)
-    v43 = ((-0.5) * ln_weight[None, :] * local_1 * v34 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v44 = tl.sum((v43), axis=1)
-    v50 = (v41 + v44 + v49)
-    v51 = (v50 / (D))
-    v52 = (2.0 * local_0 * v51[:, None])
+    v41 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v42 = tl.sum((v41), axis=1)
+    v43 = ((-0.5) * local_0 * ln_weight[None, :] * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v46 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v47 = (v43 + v46)
+    v49 = ((-0.5) * local_0 * ln_weight[None, :] * v47 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v50 = tl.sum((v49), axis=1)
+    v44 = ((-0.5) * ln_weight[None, :] * local_1 * v35 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v45 = tl.sum((v44), axis=1)
+    v51 = (v42 + v45 + v50)
+    v52 = (v51 / (D))
+    v53 = (2.0 * local_0 * v52[:, None])
     v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v14 = tl.sum((v13), axis=1)
     v15 = (v14 / (D))
-    v35 = (2.0 * v15[:, None] * v34)
-    v47 = (ln_weight[None, :] * v46 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v39 = ((-0.5) * ln_weight[None, :] * local_1 * v38[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v53 = (v35 + v39 + v47 + v52)
-    v54 = ((-1.0) * v53)
-    v55 = tl.sum((v54), axis=1)
-    v56 = (v55 / (D))
-    v57 = (v53 + v56[:, None])
+    v36 = (2.0 * v15[:, None] * v35)
+    v48 = (ln_weight[None, :] * v47 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v40 = ((-0.5) * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v54 = (v36 + v40 + v48 + v53)
+    v55 = ((-1.0) * v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v54 + v57[:, None])
     w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v58 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v58.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v59 = tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v59.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -988,27 +873,27 @@ def chunk_grad_v_0_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (2.0 * local_0 * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    v33 = (2.0 * local_0 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
-    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v36 = ((-1.0) * v35)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v36.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = ((-1.0) * v36)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_v_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1055,20 +940,20 @@ def chunk_grad_v_1_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
-    v32 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v33 = ((-1.0) * v32)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v33.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
+    v33 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v34 = ((-1.0) * v33)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v34.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1125,13 +1010,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v33 = (v27 * v32)
     v34 = tl.sum((v33), axis=1)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v36 = (v26 * v34)
-    v37 = v36
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v37.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v37 = (v26 * v34)
+    v38 = v37
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v38.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1164,61 +1049,38 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v27 = k
-    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v14 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v18 = (v13 + v17)
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
     v22 = (v18 + v21[:, None])  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-    v28 = v22
-    w1 = tl.load(starts_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
-    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v24 = gate_eta
-    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v24[None, :])))
-    v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v32 = (v26 - v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v32 - v34[:, None])
-    v36 = (v35 * v35)
-    v37 = tl.sum((v36), axis=1)
-    v38 = (v37 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v41 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v42 = ((-0.5) * v35 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    v43 = tl.sum((v42), axis=1)
-    v44 = (v43 / (D))
-    v45 = (2.0 * v35 * v44[:, None])
-    v46 = (v41 + v45)
-    v47 = ((-1.0) * v46)
-    v48 = tl.sum((v47), axis=1)
-    v49 = (v48 / (D))
-    v50 = (v46 + v49[:, None])
-    v51 = ((-1.0) * v50)
-    v52 = tl.trans(tl.dot(v28.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v54 = (v29 * v52)
-    v55 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v54)
-    v56 = tl.sum((v55), axis=0)
-    v57 = v56
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v57.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v25 = v22
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v30 = ((-1.0) * local_2)
+    v31 = tl.trans(tl.dot(v25.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = k
+    v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(v24).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v33 = (v26 * v31)
+    v34 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v33)
+    v35 = tl.sum((v34), axis=0)
+    v36 = v35
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v36.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1291,7 +1153,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1334,28 +1196,28 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (2.0 * local_0 * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    v33 = (2.0 * local_0 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v35 = ((-0.5) * local_0 * local_1 * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v36 = tl.sum((v35), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v36.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v36 = ((-0.5) * local_0 * local_1 * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = tl.sum((v36), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v37.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1398,25 +1260,25 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (local_1 * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v33 = tl.sum((v32), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v33.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v33 = (local_1 * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v34 = tl.sum((v33), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v34.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1463,26 +1325,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
-    v32 = (2.0 * local_0 * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v37 = (v35 + v36)
-    v38 = (local_0 * v37 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v39 = tl.sum((v38), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v39.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
+    v33 = (2.0 * local_0 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
+    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = (v36 + v37)
+    v39 = (local_0 * v38 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v40 = tl.sum((v39), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v40.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1521,7 +1383,7 @@ def chunk_grad_ln_bias_0_bwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, carries_w1_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1564,22 +1426,22 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v22 = ((-1.0) * d_new_w1)
     v24 = tl.dot(v23.to(DOT_DTYPE), tl.trans(v22).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v26 = (v24 + local_2)
-    v27 = v26
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = ((-1.0) * v29)
-    v31 = (v27 + v30[:, None])
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v27 = (v24 + local_3)
+    v28 = v27
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = ((-1.0) * v30)
+    v32 = (v28 + v31[:, None])
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
-    v32 = (2.0 * local_0 * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
+    v33 = (2.0 * local_0 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
     v9 = (local_0 * local_0)
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
-    v35 = ((-0.5) * local_0 * ln_weight[None, :] * v34[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v36 = (ln_weight[None, :] * v31 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v37 = (v35 + v36)
-    v38 = tl.sum((v37), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v38.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = (v36 + v37)
+    v39 = tl.sum((v38), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v39.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
