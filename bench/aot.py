@@ -2,8 +2,9 @@
 
     python -m bench.aot [--arch 90] [--head-dim 64] [--chunk-size 64] [--dtype bf16] [--json]
 
-Rows: every kernel of mirasc's mamba2, gated_deltanet and a channel-decay linear spec (bench/specs/gla.miras),
-then fla's kernels of the matching ops (chunk_simple_gla, chunk_gated_delta_rule, chunk_gla), each compiled with
+Rows: every kernel of mirasc's mamba2, gated_deltanet, a channel-decay linear spec (bench/specs/gla.miras) and
+ttt_linear, then fla's kernels of the matching ops (chunk_simple_gla, chunk_gated_delta_rule, chunk_gla,
+chunk_ttt_linear; fla's TTT takes a chunk of 16 by default, so compare at --chunk-size 16 too), each compiled with
 `triton.compile` for sm_90a (or sm_80) on this CPU: compile seconds, registers, stack bytes per thread
 (spills), shared memory, tensor-core instructions. fla must be importable (.venv-bench, `bash bench/setup.sh`);
 without it only mirasc's rows print.
@@ -26,7 +27,7 @@ from pathlib import Path
 from mirasc.aot import KernelReport, _cuobjdump, aot_report, as_json, format_rows, replicated_dots
 
 SPECS = [("mamba2", "mamba2"), ("gated_deltanet", "gated_deltanet"),
-         ("gla (channel decay)", str(Path(__file__).parent / "specs" / "gla.miras"))]
+         ("gla (channel decay)", str(Path(__file__).parent / "specs" / "gla.miras")), ("ttt_linear", "ttt_linear")]
 
 # fla kernels per op: (module, kernel, constexpr overrides)
 FLA = {
@@ -53,18 +54,25 @@ FLA = {
                   ("fla.ops.gla.chunk", "chunk_gla_bwd_kernel_dA", {}),
                   ("fla.ops.gla.chunk", "chunk_gla_bwd_kernel_dv", {}),
                   ("fla.ops.gla.chunk", "chunk_gla_bwd_kernel_inter", {})],
+    "chunk_ttt_linear": [("fla.ops.ttt.chunk", kernel, {"USE_INITIAL_STATE_B": True, "STORE_FINAL_STATE_B": True,
+                                                         "USE_FINAL_STATE_GRADIENT_B": True,
+                                                         "STORE_INITIAL_STATE_GRADIENT_B": True})
+                         for kernel in ("chunk_ttt_linear_fwd_kernel_h", "chunk_ttt_linear_fwd_kernel_o",
+                                        "chunk_ttt_linear_bwd_kernel_h", "chunk_ttt_linear_bwd_kernel_dv_local",
+                                        "chunk_ttt_linear_bwd_kernel_norm", "chunk_bwd_kernel_dqke")],
 }
 FP32_POINTERS = {"g", "gk", "gv", "g_cumsum", "h0", "ht", "dh0", "dht", "dg", "dgk", "dgv", "A", "Aw", "Au", "Ai",
                  "dA", "Akk", "dAkk"}
 INT_POINTERS = {"cu_seqlens", "chunk_indices", "chunk_offsets", "split_indices", "split_offsets"}
-SCALARS = {"T": "i32", "NT": "i32", "B": "i32", "scale": "fp32"}
+SCALARS = {"T": "i32", "NT": "i32", "B": "i32", "scale": "fp32", "eps": "fp32"}
+TOKENS = 4096  # the sequence length of bench/gpu_check.sh, for a kernel that takes its chunk count as a constexpr
 
 
 def _fla_constexprs(D: int, C: int, heads: int = 16) -> dict:
     block = min(64, D)
     return {"H": heads, "HV": heads, "HQ": heads, "B": 8, "USE_GRAPH": False,
             "K": D, "V": D, "BT": C, "BK": block, "BV": block, "BC": 16, "BS": 16,
-            "NC": C // 16, "USE_G": False, "USE_GK": False, "USE_GV": False, "USE_G_GAMMA": False,
+            "NC": C // 16, "NT": TOKENS // C, "USE_G": False, "USE_GK": False, "USE_GV": False, "USE_G_GAMMA": False,
             "USE_INITIAL_STATE": True, "STORE_FINAL_STATE": True, "USE_FINAL_STATE_GRADIENT": True,
             "SAVE_NEW_VALUE": True, "STATE_V_FIRST": False, "IS_VARLEN": False, "USE_EXP2": False,
             "STORE_INITIAL_STATE_GRADIENT": True, "USE_QK_L2NORM_IN_KERNEL": False, "IS_BETA_HEADWISE": True,
