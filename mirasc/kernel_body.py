@@ -198,12 +198,15 @@ def _split_loops(segments: list[Value | _Loop], into: dict[int, Value]) -> list[
 
 def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
-         wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None) -> Body:
+         wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None,
+         reloadable: frozenset[str] = frozenset()) -> Body:
     """The lines computing the graph's outputs.
 
     loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
     blocks are read (pointer, index). wide_outputs: for an output that is wide, where its blocks go
-    ([(pointer, index, mask)]); a narrow output is the caller's to use."""
+    ([(pointer, index, mask)]); a narrow output is the caller's to use. reloadable: narrow inputs that are parked
+    as made values are (below), by loading them again instead of storing them: values an earlier kernel made and
+    stored for this chunk, which would otherwise hold their registers from their first reader to their last."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
     order = schedule(graph)
     segments = _segments(order)
@@ -222,10 +225,13 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     kept += list({same_tile(z).id: same_tile(z) for z in factors}.values())
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     slot.update({z.id: slot[same_tile(z).id] for z in factors})
-    evicted = _parked(segments, set(out_of) | accumulated)
+    reload = {v.id: f"{v.op.name} = {loads[v.op.name]}" for v in order
+              if isinstance(v.op, ir.Input) and v.op.name in reloadable and v.op.name in loads}
+    evicted = _parked(segments, set(out_of) | accumulated, set(reload))
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
-    for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg]) if v.id in evicted):
+    for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
+              if v.id in evicted and v.id not in reload):
         park_slot[v.id] = "scratch + " + _slot_offset(kept, len(kept))
         kept.append(v)
     staged: set[int] = set()
@@ -243,7 +249,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     if kept:  # the program's slot holds the blocks of these values one after another
         lines.append(f"scratch = scratch_ptr + slot * ({_slot_offset(kept, len(kept))})  # "
                      f"{', '.join(v.hint or 'a mask' if inlined(v) else name(v) for v in kept)}")
-    parking = _Parking(evicted, by_id, park_slot)
+    parking = _Parking(evicted, by_id, park_slot, reload)
     for j, seg in enumerate(segments):
         reads = _segment_reads(seg)
         parking.read_back(j, reads, lines)
@@ -294,7 +300,11 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
 # reads it. A tile read in a loop is read back before the loop and stays in registers through it. Inputs stay in
 # registers (in their own dtype: a bf16 tile takes half a fp32 one's registers): loading q, k, v and the gates again
 # from their tensors instead made Moneta's backward state pass spill 1,624 B where it spills 1,248 (D = 64, sm_90a),
-# and titans' kernels 6,344 B in all against 5,344 when read again only under the straight-line bound below.
+# and titans' kernels 6,344 B in all against 5,344 when read again only under the straight-line bound below. The
+# exception is an input the caller names `reloadable`: the carry-free (C, D) values a gradient kernel reads from
+# the local_bwd kernel's buffers, which stand for values the kernel would otherwise make and park. They are parked
+# with no store and loaded again before their next reader (titans' gradient kernels, D = 64, sm_90a: 14 of 29
+# kernels spill, 2,576 B in all, against 21 and 3,384 B holding them).
 # Straight-line code between the loops is held to PARK_UNITS live tiles the same way: the tiles a value does not
 # read leave the registers, the one whose next reader is furthest away first, until the value fits.
 
@@ -310,7 +320,7 @@ def _segment_reads(seg: Value | _Loop) -> set[int]:
     return {a.id for u in values if not inlined(u) for a in _read(u)}
 
 
-def _parked(segments: list[Value | _Loop], excluded: set[int]) -> dict[int, set[int]]:
+def _parked(segments: list[Value | _Loop], excluded: set[int], reloadable: set[int]) -> dict[int, set[int]]:
     """{tile id: the segments before which it leaves the registers} for the register tiles parked in a kernel with
     hidden-block loops (excluded: outputs and shared accumulators, which the caller and their loops hold). A tile
     leaves them before each heavy segment that does not read it, between its making and its last read, and before a
@@ -329,7 +339,7 @@ def _parked(segments: list[Value | _Loop], excluded: set[int]) -> dict[int, set[
         for v in seg.values if isinstance(seg, _Loop) else [seg]:
             if not (wide(v) or inlined(v)) and tile_units(v) > 0:
                 units[v.id] = tile_units(v)
-                if v.id not in excluded and not isinstance(v.op, ir.Input):
+                if v.id not in excluded and (v.id in reloadable or not isinstance(v.op, ir.Input)):
                     parkable.add(v.id)
     evicted: dict[int, set[int]] = {}
     held: dict[int, float] = {}  # tiles in registers before segment j: made or read back, not dead, not evicted
@@ -359,8 +369,10 @@ def _parked(segments: list[Value | _Loop], excluded: set[int]) -> dict[int, set[
 class _Parking:
     """Emits the stores and read-backs of the parked tiles, segment by segment."""
 
-    def __init__(self, evicted: dict[int, set[int]], values: dict[int, Value], slot: dict[int, str]):
+    def __init__(self, evicted: dict[int, set[int]], values: dict[int, Value], slot: dict[int, str],
+                 reload: dict[int, str]):
         self.parked = {i: values[i] for i in evicted}
+        self.reload = reload  # the load of a reloadable input, emitted again in place of a read-back
         self.evicted_before: dict[int, set[int]] = {}
         for i, where in evicted.items():
             for j in where:
@@ -378,17 +390,21 @@ class _Parking:
             if lines[k].startswith("tl.debug_barrier()"):
                 self.barrier = k
         self.scanned = len(lines)
-        if back and self.stored_at > self.barrier:
+        if any(v.id not in self.reload for v in back) and self.stored_at > self.barrier:
             lines.append("tl.debug_barrier()  # parked tiles other threads stored")
         for v in back:
-            lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
+            if v.id in self.reload:
+                lines.append(f"{self.reload[v.id]}  # again")
+            else:
+                lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
         self.held |= {v.id for v in back}
 
     def made(self, values: list[Value], lines: list[str]) -> None:
         for v in values:
             if v.id in self.parked:
-                lines.append(f"tl.store({self.slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")
-                self.stored_at = len(lines)
+                if v.id not in self.reload:
+                    lines.append(f"tl.store({self.slot[v.id]} + {_offsets(v.axes, False)}, {name(v)})  # park")
+                    self.stored_at = len(lines)
                 self.held.add(v.id)
                 self.made_ids.add(v.id)
 

@@ -129,8 +129,7 @@ class _Assembler:
             self.reads.update({s: load(f"starts_{s}_ptr", axes[s], self.at) for s in states})
         self.rest_args = [f"{n}_ptr" for n in rest]
         # the backward program with the state pass's carry-free values read (made by the local_bwd kernel)
-        self.local, self.backward = _carry_free_split(_stored_as_inputs(self.bwd) if self.made else self.bwd,
-                                                      states, self.hidden)
+        self.local, self.backward = _carry_free_split(_stored_as_inputs(self.bwd) if self.made else self.bwd, states)
         local = self.local.outputs if self.local else {}
         self.local_args = [f"{n}_ptr" for n in local]
         self.local_reads = {n: load(f"{n}_ptr", v.axes, self.at) for n, v in local.items()}
@@ -138,8 +137,9 @@ class _Assembler:
     def sources(self, names: list[str], ptr: str, index: str) -> dict[str, tuple[str, str]]:
         return {n: (ptr.format(n), index) for n in names}
 
-    def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None) -> Body:
-        return body(part, loads, sources, outputs)
+    def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
+             reload_locals: bool = False) -> Body:
+        return body(part, loads, sources, outputs, reloadable=frozenset(self.local_reads if reload_locals else ()))
 
 
 def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
@@ -151,7 +151,7 @@ def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
     out_fwd     the outputs of one chunk, from its stored start state;
     local_bwd   the backward state pass's values that need no adjoint from the next chunk (`carry_free`), one
                 chunk per program, all chunks at once, stored per chunk for state_bwd and the gradient kernels
-                (linear memories only, and only where there are such values);
+                (only where there are such values);
     state_bwd   sequential, last chunk first: the initial state's adjoint, and the adjoint entering every
                 chunk's end (`carries`);
     grad_<x>_<j>_bwd  one kernel per input x and summand j of its gradient (a path by which x reaches the outputs):
@@ -182,12 +182,12 @@ def _reached(graph: Graph, inputs: set[str]) -> set[int]:
 
 
 def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args: list[str],
-               listed: bool = False) -> Kernel:
+               listed: bool = False, sources: dict | None = None) -> Kernel:
     """A kernel making `made`'s outputs for every chunk at once (one chunk per program), each stored to its own
     [n_chunks, axes...] buffer (a program past its sequence's last chunk writes nothing); `args` come before those
     buffers. By value blocks when every value column depends on its own column only. `listed`: the kernel names
     its outputs in `makes` (DESCRIPTION's "local")."""
-    b = a.body(made, loads)
+    b = a.body(made, loads, sources)
     lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
     by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
@@ -301,13 +301,14 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     return [v for v in part.values if v.id in chosen]
 
 
-def _carry_free_split(bwd: Graph, states: list[str], hidden: bool) -> tuple[Graph | None, Graph]:
+def _carry_free_split(bwd: Graph, states: list[str]) -> tuple[Graph | None, Graph]:
     """The program making the backward state pass's carry-free values (`local_0`, ...; None if none), and the
-    backward program reading them wherever it has them (the gradient kernels too). Not for an MLP memory: its pass
-    still makes the chunk's forward pass over the hidden blocks for the values that need the carry (titans, C = D =
-    64, bf16, sm_90a: 1,800 B of stack in the pass with them read, 1,672 B without)."""
+    backward program reading them wherever it has them (the gradient kernels too). An MLP memory's are the chunk's
+    per-token forward and inner-loss values that the adjoint reads (titans: 11 (C, D) tiles), made over the hidden
+    blocks from the chunk's start state; reading them, its gradient kernels no longer make the chunk's forward pass
+    again each (bench/README.md, "The MLP memories' carry-free values")."""
     part = _only(bwd, [f"d_{s}" for s in states])
-    free = [] if hidden else carry_free(part, {f"d_new_{s}" for s in states})
+    free = carry_free(part, {f"d_new_{s}" for s in states})
     if not free:
         return None, bwd
     made = ir.prune(Graph(part.values, part.inputs, {f"local_{j}": v for j, v in enumerate(free)}))
@@ -371,8 +372,9 @@ def _local_values(a: _Assembler) -> Kernel:
     made = a.local
     loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
+    sources = a.sources(a.io.states, "starts_{}_ptr", a.at) if a.hidden else None
     return _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
-                      "next chunk", made, loads, args, listed=True)
+                      "next chunk", made, loads, args, listed=True, sources=sources)
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:
@@ -392,7 +394,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
         # kernels still spilled, 16 B to 2.7 KB), so splitting further multiplied the recomputation, not the fits.
         for j, term in enumerate(gradient_terms(bwd, n, deeper=not a.hidden)):
             part = _only(term, ["term"])
-            b = a.body(part, loads, sources)
+            b = a.body(part, loads, sources, reload_locals=True)
             g = name(part.outputs["term"])
             # a value block's share of a sum over the value axis goes to its own copy of the gradient (the
             # launcher adds the copies); grad_block_stride is 0 for a kernel that does not run by value blocks

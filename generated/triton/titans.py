@@ -56,38 +56,52 @@ DESCRIPTION = {'spec': 'titans',
                          'value_blocks': 'none',
                          'tiles': 8.0,
                          'sub_chunks': False},
+             'local_bwd': {'grid': 'chunks',
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'u'],
+                                       ['t', 'u'],
+                                       ['t', 's'],
+                                       ['t', 's'],
+                                       ['t', 'i'],
+                                       ['t', 'i']],
+                           'value_blocks': 'none',
+                           'tiles': 13.0,
+                           'sub_chunks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['h', 'i'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h'],
-                                       ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['t', 'h'],
-                                       ['t', 'h'],
+                                       ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['h', 'i'],
+                                       ['s', 'h'],
                                        ['h', 'i'],
-                                       ['s', 'h'],
-                                       ['s', 'h'],
-                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
                                        ['s', 'h'],
                                        ['o', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'h'],
                                        ['o', 'h'],
+                                       ['t', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
+                                       ['t', 'h'],
                                        ['t', 'i'],
                                        ['t', 'u'],
                                        ['t', 'i'],
@@ -96,23 +110,12 @@ DESCRIPTION = {'spec': 'titans',
                                        ['s', 'u'],
                                        ['t', 's'],
                                        ['t', 's'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['s', 'o'],
                                        ['t', 's'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 's'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['s', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
-                                       ['s', 'o'],
-                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -121,7 +124,7 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
-                           'tiles': 22.0,
+                           'tiles': 18.0,
                            'sub_chunks': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
@@ -130,110 +133,87 @@ DESCRIPTION = {'spec': 'titans',
                               'sub_chunks': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'u'],
-                                          ['t', 's'],
                                           ['s', 'i'],
+                                          ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 's'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 9.0,
+                              'tiles': 7.5,
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
                                           ['t', 'u'],
+                                          ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'i'],
-                                          ['t', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 8.0,
+                              'tiles': 6.5,
                               'sub_chunks': False},
              'grad_q_3_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
+                                          ['t', 'h'],
+                                          ['t', 'i'],
                                           ['t', 'u'],
+                                          ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'i'],
-                                          ['t', 'i'],
-                                          ['t', 'o']],
+                                          ['t', 's'],
+                                          ['t', 's'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 8.0,
+                              'tiles': 6.0,
                               'sub_chunks': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
+                                          ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 10.0,
+                              'tiles': 8.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -242,29 +222,22 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 12.5,
+                              'tiles': 9.0,
                               'sub_chunks': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
                                           ['h', 'i'],
                                           ['s', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
@@ -272,14 +245,10 @@ DESCRIPTION = {'spec': 'titans',
                                           ['o', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
-                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
+                                          ['s', 'u'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 'u'],
@@ -287,15 +256,7 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 's'],
                                           ['t', 'i'],
                                           ['t', 'i'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -303,25 +264,22 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 15.0,
+                              'tiles': 10.5,
                               'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -330,34 +288,26 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 12.5,
+                              'tiles': 9.0,
                               'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['s', 'h'],
                                           ['h', 'i'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['o', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['t', 'u'],
                                           ['s', 'u'],
                                           ['t', 's'],
@@ -366,87 +316,62 @@ DESCRIPTION = {'spec': 'titans',
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o']],
+                                          ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 11.5,
+                              'tiles': 9.0,
                               'sub_chunks': False},
              'grad_gate_alpha_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['t', 's'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 9.0,
+                                       'tiles': 7.0,
                                        'sub_chunks': False},
              'grad_gate_alpha_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['s', 'h'],
-                                                   ['h', 'i'],
-                                                   ['t', 'o'],
-                                                   ['s', 'i']],
+                                       'scratch': [['t', 'h'], ['s', 'i']],
                                        'value_blocks': 'none',
-                                       'tiles': 6.5,
+                                       'tiles': 4.0,
                                        'sub_chunks': False},
              'grad_gate_alpha_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
+                                                   ['s', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['s', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['s', 'u'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
                                                    ['t', 's'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
-                                                   ['t', 'o'],
-                                                   ['t', 'u']],
+                                                   ['t', 'u'],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 12.5,
+                                       'tiles': 9.5,
                                        'sub_chunks': False},
              'grad_gate_alpha_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
                                                    ['s', 'h'],
                                                    ['s', 'h'],
-                                                   ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
@@ -454,9 +379,6 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'u'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -464,177 +386,135 @@ DESCRIPTION = {'spec': 'titans',
                                                    ['t', 's'],
                                                    ['t', 's'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
-                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 13.5,
+                                       'tiles': 11.5,
                                        'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'],
-                                                 ['s', 'h'],
-                                                 ['s', 'h'],
-                                                 ['h', 'i'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
-                                                 ['s', 'i']],
+                                     'scratch': [['t', 'h'], ['s', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 6.5,
+                                     'tiles': 4.0,
                                      'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
-                                                 ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
                                                  ['t', 'u'],
                                                  ['t', 's'],
                                                  ['s', 'i'],
                                                  ['t', 's'],
+                                                 ['t', 's'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
-                                                 ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
+                                                 ['t', 's'],
                                                  ['s', 'u']],
                                      'value_blocks': 'none',
-                                     'tiles': 11.5,
+                                     'tiles': 9.5,
                                      'sub_chunks': False},
              'grad_gate_theta_0_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
+                                                   ['t', 'h'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
-                                                   ['t', 's'],
-                                                   ['s', 'o'],
-                                                   ['t', 'o'],
-                                                   ['t', 's'],
-                                                   ['t', 'o']],
+                                                   ['t', 's']],
                                        'value_blocks': 'none',
-                                       'tiles': 10.0,
+                                       'tiles': 8.0,
                                        'sub_chunks': False},
              'grad_gate_theta_1_bwd': {'grid': 'chunks',
-                                       'scratch': [['t', 'h'],
-                                                   ['s', 'h'],
-                                                   ['s', 'h'],
-                                                   ['h', 'i'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
-                                                   ['s', 'i']],
+                                       'scratch': [['t', 'h'], ['s', 'i']],
                                        'value_blocks': 'none',
-                                       'tiles': 6.5,
+                                       'tiles': 4.0,
                                        'sub_chunks': False},
              'grad_gate_theta_2_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
-                                       'tiles': 11.5,
+                                       'tiles': 9.5,
                                        'sub_chunks': False},
              'grad_gate_theta_3_bwd': {'grid': 'chunks',
                                        'scratch': [['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'h'],
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['t', 'o'],
-                                                   ['t', 'o'],
                                                    ['t', 'u'],
                                                    ['t', 's'],
                                                    ['s', 'i'],
                                                    ['t', 's'],
+                                                   ['t', 's'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
-                                                   ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'o'],
+                                                   ['t', 's'],
                                                    ['s', 'u']],
                                        'value_blocks': 'none',
-                                       'tiles': 11.5,
+                                       'tiles': 9.5,
                                        'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'i'],
                                                   ['t', 'u'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['t', 's'],
-                                                  ['t', 'o']],
+                                                  ['t', 's']],
                                       'value_blocks': 'none',
-                                      'tiles': 8.0,
+                                      'tiles': 6.0,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
-                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -643,35 +523,26 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
-                                                  ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 13.5,
+                                      'tiles': 9.0,
                                       'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
-                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -680,34 +551,26 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
-                                                  ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 12.5,
+                                      'tiles': 9.0,
                                       'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['s', 'h'],
                                                   ['h', 'i'],
-                                                  ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['o', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['t', 'u'],
                                                   ['s', 'u'],
                                                   ['t', 's'],
@@ -716,16 +579,11 @@ DESCRIPTION = {'spec': 'titans',
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
-                                                  ['t', 'o'],
-                                                  ['t', 's'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'o']],
+                                                  ['t', 'o']],
                                       'value_blocks': 'none',
-                                      'tiles': 12.5,
+                                      'tiles': 9.0,
                                       'sub_chunks': False},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
@@ -734,21 +592,18 @@ DESCRIPTION = {'spec': 'titans',
                                     'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
-                                                ['t', 'h'],
-                                                ['t', 'h'],
+                                                ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['s', 'h'],
                                                 ['s', 'h'],
                                                 ['h', 'i'],
-                                                ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['o', 'h'],
-                                                ['t', 'o'],
-                                                ['t', 'o'],
                                                 ['t', 'u'],
                                                 ['s', 'u'],
                                                 ['t', 's'],
@@ -757,19 +612,24 @@ DESCRIPTION = {'spec': 'titans',
                                                 ['t', 'i'],
                                                 ['t', 'i'],
                                                 ['t', 's'],
-                                                ['t', 'o'],
-                                                ['t', 's'],
-                                                ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
-                                                ['s', 'o'],
-                                                ['t', 'o'],
-                                                ['s', 'o']],
+                                                ['t', 'o']],
                                     'value_blocks': 'none',
-                                    'tiles': 12.5,
+                                    'tiles': 9.0,
                                     'sub_chunks': False}},
  'stored': [],
- 'local': []}
+ 'local': [['local_0', ['t', 'o']],
+           ['local_1', ['t', 'o']],
+           ['local_2', ['t', 'o']],
+           ['local_3', ['s', 'o']],
+           ['local_4', ['s', 'o']],
+           ['local_5', ['s', 'o']],
+           ['local_6', ['t', 'o']],
+           ['local_7', ['t', 'o']],
+           ['local_8', ['s', 'o']],
+           ['local_9', ['t', 'o']],
+           ['local_10', ['t', 'o']]]}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -1127,8 +987,217 @@ def chunk_out_fwd_kernel(
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v88.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_local_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * C + 2 * C * D)  # v12, v13, v79, v81, v82, v61, v59, v62, v78, v72, v70
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v14 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        v13_c0 = (0.5 * v12)
+        v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v16 = tl.sum((v14), axis=1)
+    v17 = (v16 / (D))
+    v18 = (v14 - v17[:, None])
+    v19 = (v18 * v18)
+    v20 = tl.sum((v19), axis=1)
+    v21 = (v20 / (D))
+    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
+    v23 = k
+    v24 = (v22 + v23)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v28 = tl.sum((v27), axis=1)
+    v29 = (v28 / (D))
+    v30 = (2.0 * v18 * v29[:, None])
+    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
+    v31 = (v26 + v30)
+    v32 = ((-1.0) * v31)
+    v33 = tl.sum((v32), axis=1)
+    v34 = (v33 / (D))
+    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v88 = v35
+    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v52 = tl.cumsum(v51, axis=0, reverse=False)
+    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v56 = tl.sum((v55), axis=0)
+    v53 = v52
+    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v50 = gate_eta
+    v69 = (v57 * v50)
+    v104 = (v88 * v69[:, None])
+    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
+    tl.store(scratch + 5 * C * HID + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v43 = tl.cumsum(v42, axis=0, reverse=False)
+    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v47 = tl.sum((v46), axis=0)
+    v44 = v43
+    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
+    v66 = v48
+    v67 = (v61 * v66[None, :])
+    v68 = tl.sum((v67), axis=1)
+    v105 = (v88 * v68[:, None])
+    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v61 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v75 = k
+    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v78 = (v77 * v62)
+    tl.store(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+    v58 = tl.exp(v52)  # cumulative decay in the chunk
+    v63 = v58
+    tl.debug_barrier()  # parked tiles other threads stored
+    v59 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v64 = (v59 * v63[None, :])
+    v65 = tl.sum((v64), axis=1)
+    v72 = (q * v65[:, None])
+    tl.store(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    v49 = tl.exp(v43)  # cumulative decay in the chunk
+    v70 = (q * v49[:, None])
+    tl.store(scratch + 5 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v78 = tl.load(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v76 = v37
+        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
+    tl.debug_barrier()
+    v70 = tl.load(scratch + 5 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v74 = (v71 + v73)
+        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80 = (v74 - v79)
+        v81_c0 = (0.5 * v80)
+        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
+        v82 = (v81 * v49[:, None])
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
+    tl.debug_barrier()
+    v86 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v82 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v84 = (v81 * v65[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = v13
+        v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v62 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = (v89 * v62)
+    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = (v86 - v91)
+    v93 = tl.sum((v92), axis=1)
+    v94 = (v93 / (D))
+    v95 = (v92 - v94[:, None])
+    v96 = (v95 * v95)
+    v97 = tl.sum((v96), axis=1)
+    v98 = (v97 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v107 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = (2.0 * v95 * v109[:, None])
+    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
+    v111 = (v106 + v110)
+    v112 = ((-1.0) * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v115 = (v111 + v114[:, None])
+    v116 = ((-1.0) * v115)
+    v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v118 = (v115 * v65[:, None])
+    v119 = (v115 * v49[:, None])
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v104.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v115.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v116.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v117.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v118.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v119.to(local_10_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_final_s1_ptr, d_final_s2_ptr, d_init_w1_ptr, d_init_w2_ptr, d_init_s1_ptr, d_init_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1167,479 +1236,389 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 20 * C * BV)  # v129, v74, v12, v13, v36, v80, v87, v81, v82, v84, v146, v153, v159, v165, v124, v126, v131, v160, v163, v166, v111, v115, v116, v151, v112, v167, v118, v157, v168, v110, v117, v70, v59, v72, v75, v77, v61, v62, v78, v18, v25, v26, v35, v88, v90, v132, v141, v142, v145, v152, v155, v125, v130, v114, v121, v144, v149, v174, v175, v179, v186, v187, v197
+        scratch = scratch_ptr + slot * (3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 10 * C * BV)  # v104, v62, v12, v24, v64, v68, v13, v72, v112, v125, v131, v101, v102, v129, v132, v86, v90, v91, v97, v69, v117, v94, v133, v93, v70, v123, v134, v85, v92, v71, v58, v47, v60, v63, v65, v49, v50, v66, v111, v100, v105, v88, v115, v136, v140, v141, v145, v148, v152, v153, v163
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-        v43 = tl.cumsum(v42, axis=0, reverse=False)
-        v49 = tl.exp(v43)  # cumulative decay in the chunk
-        v99 = (v49 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v100 = tl.sum((v99), axis=0)
+        v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+        v31 = tl.cumsum(v30, axis=0, reverse=False)
+        v37 = tl.exp(v31)  # cumulative decay in the chunk
+        v74 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v75 = tl.sum((v74), axis=0)
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v70 = (q * v49[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-        v44 = v43
-        v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v59)  # park
+        v58 = (q * v37[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+        v32 = v31
+        v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v47)  # park
         gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-        v52 = tl.cumsum(v51, axis=0, reverse=False)
-        v58 = tl.exp(v52)  # cumulative decay in the chunk
-        v63 = v58
-        v64 = (v59 * v63[None, :])
-        v65 = tl.sum((v64), axis=1)
-        v72 = (q * v65[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+        v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+        v40 = tl.cumsum(v39, axis=0, reverse=False)
+        v46 = tl.exp(v40)  # cumulative decay in the chunk
+        v51 = v46
+        v52 = (v47 * v51[None, :])
+        v53 = tl.sum((v52), axis=1)
+        v60 = (q * v53[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v75 = k
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-        v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v77)  # park
-        v53 = v52
+        v63 = k
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+        v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+        v41 = v40
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v50 = gate_eta
-        v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
+        v38 = gate_eta
+        v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :], v49)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v59 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-        v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+        v47 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+        v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v77 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v78 = (v77 * v62)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
+        v65 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v66 = (v65 * v50)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v109 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.debug_barrier()  # parked tiles other threads stored
-        v70 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v50 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = (v50 * v109)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v111)  # park
+        local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v44 = tl.sum((v43), axis=0)
+        v45 = (v29 * tl.exp((v44 - v41)))  # decay from token s to the chunk's end
+        v57 = (v45 * v38)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v63 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v100 = (v63 * v57[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+        v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v35 = tl.sum((v34), axis=0)
+        v36 = (v29 * tl.exp((v35 - v32)))  # decay from token s to the chunk's end
+        v54 = v36
+        tl.debug_barrier()  # parked tiles other threads stored
+        v49 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+        v55 = (v49 * v54[None, :])
+        v56 = tl.sum((v55), axis=1)
+        v63 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v105 = (v63 * v56[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :], v105)  # park
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v16 = (local_0 * local_0)
+        v17 = tl.sum((v16), axis=1)
+        v18 = (v17 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v21 = tl.sum((v20), axis=1)
+        v22 = (v21 / (D))
+        local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v58 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v129 = (v100 * d_new_w1)
-            tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v129)
+            v104 = (v75 * d_new_w1)
+            tl.store(scratch + offs_h[:, None] * D + offs_i[None, :], v104)
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = (v71 + v73)
-            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v74)
+            v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v62 = (v59 + v61)
+            tl.store(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
         tl.debug_barrier()
-        v14 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
             v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+            v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v25 = (v24 * (0.5 + (0.5 * tl.math.erf(v25_c0)) + (v25_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v64 = v25
+            tl.store(scratch + HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
+        tl.debug_barrier()
+        v66 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v64 = tl.load(scratch + HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v62 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v68 = (v62 - v67)
+            tl.store(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
+            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v13_c0 = (0.5 * v12)
             v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
+            v72 = v13
+            tl.store(scratch + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
+            v112 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
         tl.debug_barrier()
-        v16 = tl.sum((v14), axis=1)
-        v17 = (v16 / (D))
-        v18 = (v14 - v17[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-        v19 = (v18 * v18)
-        v20 = tl.sum((v19), axis=1)
-        v21 = (v20 / (D))
-        v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-        v23 = k
-        v24 = (v22 + v23)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v25 = (v24 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
-        v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v28 = tl.sum((v27), axis=1)
-        v29 = (v28 / (D))
-        v30 = (2.0 * v18 * v29[:, None])
-        v26 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v31 = (v26 + v30)
-        v32 = ((-1.0) * v31)
-        v33 = tl.sum((v32), axis=1)
-        v34 = (v33 / (D))
-        v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-        v88 = v35
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v76 = v37
-            v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v74 = tl.load(scratch + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v80 = (v74 - v79)
-            tl.store(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-            v13 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = v13
-            tl.store(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-            v81_c0 = (0.5 * v80)
-            v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-            v82 = (v81 * v49[:, None])
-            tl.store(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-        tl.debug_barrier()
-        v86 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v82 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v84 = (v81 * v65[:, None])
-            tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v84)
             s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v89 = tl.zeros((C, C), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v90 = (v89 * v62)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v92 = (v86 - v91)
-        v93 = tl.sum((v92), axis=1)
-        v94 = (v93 / (D))
-        v95 = (v92 - v94[:, None])
-        v96 = (v95 * v95)
-        v97 = tl.sum((v96), axis=1)
-        v98 = (v97 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v132 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v132)  # park
-        v133 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-        v134 = tl.sum((v133), axis=1)
-        v135 = (v134 / (D))
-        v136 = (2.0 * v95 * v135[:, None])
-        tl.debug_barrier()  # parked tiles other threads stored
-        v132 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v137 = (v132 + v136)
-        v138 = ((-1.0) * v137)
-        v139 = tl.sum((v138), axis=1)
-        v140 = (v139 / (D))
-        v141 = (v137 + v140[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
-        v142 = ((-1.0) * v141)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v142)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v143 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v62 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v145 = (v62 * v143)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :], v145)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v152 = (v141 * v65[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
-        v155 = (v141 * v49[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v155)  # park
-        v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v56 = tl.sum((v55), axis=0)
-        v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-        v69 = (v57 * v50)
-        tl.debug_barrier()  # parked tiles other threads stored
-        v75 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 2 * C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v125 = (v75 * v69[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v125)  # park
-        v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v47 = tl.sum((v46), axis=0)
-        v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-        v66 = v48
-        tl.debug_barrier()  # parked tiles other threads stored
-        v61 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 2 * C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-        v67 = (v61 * v66[None, :])
-        v68 = tl.sum((v67), axis=1)
-        v130 = (v75 * v68[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v130)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v88 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v114 = (v88 * v69[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v114)  # park
-        v121 = (v88 * v68[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v121)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v90 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v142 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v144 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v142.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :], v144)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v152 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v146 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v145).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v146)
-            s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v153 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v152).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v153)
-        tl.debug_barrier()
-        v70 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v155 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
+            v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v156 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v155).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v146 = tl.load(scratch + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v153 = tl.load(scratch + HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v158 = (v146 + v153 + v156)
-            v80 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v159_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-            v159 = (v158 * (0.5 + (0.5 * tl.math.erf(v159_c0)) + (v159_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v159)
-            v165 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v165)
+            v122 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v112 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v124 = (v112 + v119 + v122)
+            v68 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v125_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+            v125 = (v124 * (0.5 + (0.5 * tl.math.erf(v125_c0)) + (v125_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
+        tl.debug_barrier()
+        v58 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v100 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v131 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + HID * D + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :], v131)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v124 = ((-1.0) * d_new_s1)
-            tl.store(scratch + 2 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :], v124)
-        tl.debug_barrier()
-        v125 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v130 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 4 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v124 = tl.load(scratch + 2 * HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-            v126 = tl.dot(v125.to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v126)
+            v99 = ((-1.0) * d_new_s1)
+            v101 = tl.dot(v100.to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 2 * HID * D + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v101)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v127 = ((-1.0) * d_new_w1)
-            v131 = tl.dot(v130.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 13 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v131)
-            v159 = tl.load(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v160 = ((-1.0) * v159)
-            tl.store(scratch + 3 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v160)
+            v102 = ((-1.0) * d_new_w1)
+            tl.store(scratch + 2 * HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
         tl.debug_barrier()
-        v78 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v114 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v66 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v105 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v160 = tl.load(scratch + 3 * HID * D + 14 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v161 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v160.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v126 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v131 = tl.load(scratch + 3 * HID * D + 13 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v162 = (v126 + v131 + v161)
-            v163 = v162
-            tl.store(scratch + 3 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v163)
+            v102 = tl.load(scratch + 2 * HID * D + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v106 = tl.dot(v105.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v126 = ((-1.0) * v125)
+            v127 = tl.dot(tl.trans(v66).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v101 = tl.load(scratch + 2 * HID * D + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v128 = (v101 + v106 + v127)
+            v129 = v128
+            tl.store(scratch + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v129)
             v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v36 = tl.load(scratch + HID * D + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v166_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v166_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v166_c2 = (0.5 * (v12 * v12))
-            v166_c3 = tl.exp(((-1.0) * v166_c2))
-            v166 = (v36 * v163 * ((v166_c0 * v166_c1 * v166_c3) - (v166_c0 * v166_c1 * v166_c2 * v166_c3)))
-            tl.store(scratch + 3 * HID * D + 16 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v166)
+            v24 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v132_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v132_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v132_c2 = (0.5 * (v12 * v12))
+            v132_c3 = tl.exp(((-1.0) * v132_c2))
+            v132 = (v24 * v129 * ((v132_c0 * v132_c1 * v132_c3) - (v132_c0 * v132_c1 * v132_c2 * v132_c3)))
+            tl.store(scratch + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v111 = ((-1.0) * d_new_s2)
-            tl.store(scratch + 3 * HID * D + 17 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v111)
-            v115 = tl.dot(v114.to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 17 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v115)
+            v86 = ((-1.0) * d_new_s2)
+            tl.store(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v86)
+        tl.debug_barrier()
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v90 = tl.dot(local_4.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v90)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v116 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v116)
+            v91 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 13 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v91)
+            v97 = tl.dot(local_5.to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 13 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v97)
+            v68 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v69_c0 = (0.5 * v68)
+            v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
         tl.debug_barrier()
-        v121 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v145 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v111 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v88 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v116 = tl.load(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v122 = tl.dot(v121.to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v81 = tl.load(scratch + HID * D + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v147 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v145.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v115 = tl.load(scratch + 3 * HID * D + 17 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v150 = (v115 + v122 + v147)
-            v151 = v150
-            tl.store(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v151)
-            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v112 = (v87 * v69[:, None])
-            tl.store(scratch + 3 * HID * D + 19 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v112)
+            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v113 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v111.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v90 = tl.load(scratch + 3 * HID * D + 12 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v97 = tl.load(scratch + 3 * HID * D + 13 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v116 = (v90 + v97 + v113)
+            v117 = v116
+            tl.store(scratch + 3 * HID * D + 15 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
+            v72 = tl.load(scratch + HID * D + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v87 = (v72 * v57[:, None])
+            v86 = tl.load(scratch + 3 * HID * D + 12 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v88 += tl.dot(v87.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v94 = (v72 * v56[:, None])
+            tl.store(scratch + 3 * HID * D + 16 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v94)
         tl.debug_barrier()
-        v113 = tl.zeros((C, BV), DTYPE)
-        v120 = tl.zeros((C, BV), DTYPE)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+        v95 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v112 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v111 = tl.load(scratch + 3 * HID * D + 17 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v113 += tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v87 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v119 = (v87 * v68[:, None])
-            v116 = tl.load(scratch + 3 * HID * D + 18 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v120 += tl.dot(v119.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v144 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 12 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v148 = (v113 + v120 + v144)
-        v149 = v148
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v149)  # park
-        v169 = tl.zeros((C, BV), DTYPE)
+            v94 = tl.load(scratch + 3 * HID * D + 16 * C * HID + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v91 = tl.load(scratch + 3 * HID * D + 13 * C * HID + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v95 += tl.dot(v94.to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v88 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+        v114 = (v88 + v95 + local_8)
+        v115 = v114
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
+        v135 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v163 = tl.load(scratch + 3 * HID * D + 15 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v129 = tl.load(scratch + 3 * HID * D + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v133_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+            v133 = (v129 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 3 * HID * D + 17 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v135 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
+        v115 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v136 = (v115 + v135)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v136)  # park
+        v137 = tl.sum((v136), axis=1)
+        v138 = (v137 / (D))
+        v139 = ((-1.0) * v138)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v136 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v140 = (v136 + v139[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v140)  # park
+        v141 = (2.0 * v22[:, None] * v140)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+        v142 = (2.0 * local_0 * v140)
+        v143 = tl.sum((v142), axis=1)
+        v144 = (v143 / (D))
+        v145 = ((-0.5) * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v145)  # park
+        v148 = ((-0.5) * local_0 * ln_weight[None, :] * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v148)  # park
+        tl.debug_barrier()  # parked tiles other threads stored
+        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v151 = (ln_weight[None, :] * v140 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v148 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v152 = (v148 + v151)
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v152)  # park
+        v153 = (ln_weight[None, :] * v152 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v153)  # park
+        v146 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v144[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v147 = tl.sum((v146), axis=1)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v140 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v149 = ((-0.5) * ln_weight[None, :] * local_1 * v140 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v150 = tl.sum((v149), axis=1)
+        v152 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v154 = ((-0.5) * local_0 * ln_weight[None, :] * v152 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+        v155 = tl.sum((v154), axis=1)
+        v156 = (v147 + v150 + v155)
+        v157 = (v156 / (D))
+        v158 = (2.0 * local_0 * v157[:, None])
+        v141 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v145 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v153 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v159 = (v141 + v145 + v153 + v158)
+        v160 = ((-1.0) * v159)
+        v161 = tl.sum((v160), axis=1)
+        v162 = (v161 / (D))
+        v163 = (v159 + v162[:, None])
+        tl.store(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v163)  # park
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v78 = (v46 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v79 = tl.sum((v78), axis=0)
+        v76 = (v53 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+        v77 = tl.sum((v76), axis=0)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v164 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v163).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v117 = tl.load(scratch + 3 * HID * D + 15 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v166 = (v117 + v164)
+            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
             v167_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v167 = (v163 * (0.5 + (0.5 * tl.math.erf(v167_c0)) + (v167_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 3 * HID * D + 20 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v167)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v169 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v149 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v170 = (v149 + v169)
-        v171 = tl.sum((v170), axis=1)
-        v172 = (v171 / (D))
-        v173 = ((-1.0) * v172)
-        v174 = (v170 + v173[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v174)  # park
-        v175 = (2.0 * v29[:, None] * v174)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v175)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v176 = (2.0 * v18 * v174)
-        v177 = tl.sum((v176), axis=1)
-        v178 = (v177 / (D))
-        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v179 = ((-0.5) * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v179)  # park
-        v182 = ((-0.5) * v18 * ln_weight[None, :] * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v174 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v185 = (ln_weight[None, :] * v174 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v186 = (v182 + v185)
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v186)  # park
-        v187 = (ln_weight[None, :] * v186 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v187)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v25 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v180 = (0.75 * v18 * ln_weight[None, :] * v25 * v178[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v181 = tl.sum((v180), axis=1)
-        v174 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v183 = ((-0.5) * ln_weight[None, :] * v25 * v174 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v184 = tl.sum((v183), axis=1)
-        v18 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v186 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v188 = ((-0.5) * v18 * ln_weight[None, :] * v186 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-        v189 = tl.sum((v188), axis=1)
-        v190 = (v181 + v184 + v189)
-        v191 = (v190 / (D))
-        v192 = (2.0 * v18 * v191[:, None])
-        v175 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v179 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v187 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v193 = (v175 + v179 + v187 + v192)
-        v194 = ((-1.0) * v193)
-        v195 = tl.sum((v194), axis=1)
-        v196 = (v195 / (D))
-        v197 = (v193 + v196[:, None])
-        tl.store(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :], v197)  # park
-        v103 = (v58 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v104 = tl.sum((v103), axis=0)
-        v101 = (v65 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-        v102 = tl.sum((v101), axis=0)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v198 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v197).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v151 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v200 = (v151 + v198)
-            v12 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v201_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-            v201 = (v200 * (0.5 + (0.5 * tl.math.erf(v201_c0)) + (v201_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v166 = tl.load(scratch + 3 * HID * D + 16 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v202 = (v166 + v201)
-            v203 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v202.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v129 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
-            v165 = tl.load(scratch + HID * D + 12 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-            v207 = (v129 + v165 + v203)
-            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v207.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
+            v167 = (v166 * (0.5 + (0.5 * tl.math.erf(v167_c0)) + (v167_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v132 = tl.load(scratch + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v168 = (v132 + v167)
+            v169 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v168.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v104 = tl.load(scratch + offs_h[:, None] * D + offs_i[None, :])
+            v131 = tl.load(scratch + HID * D + 9 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v173 = (v104 + v131 + v169)
+            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v173.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v173.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v118 = (v100 * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 21 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v118)
+            v93 = (v75 * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v93)
+            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v70 = (v69 * v37[:, None])
+            tl.store(scratch + 3 * HID * D + 18 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
         tl.debug_barrier()
-        v35 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 5 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v82 = tl.load(scratch + HID * D + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v157 = tl.trans(tl.dot(tl.trans(v82).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 3 * HID * D + 21 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v157)
-            v167 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v168 = tl.dot(tl.trans(v35).to(DOT_DTYPE), v167.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 3 * HID * D + 21 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v168)
+            v70 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v123 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v123)
+            v133 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v134 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v134)
         tl.debug_barrier()
-        v72 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-        v197 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 5 * C * D + 7 * C * C + 19 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v60 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+        v163 = tl.load(scratch + 3 * HID * D + 20 * C * HID + 7 * BV * HID + 5 * C * D + 6 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v13 = tl.load(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v199 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v197.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v118 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v157 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v168 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v206 = (v118 + v157 + v168 + v199)
-            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v206.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
+            v13 = tl.load(scratch + HID * D + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v165 = tl.trans(tl.dot(tl.trans(v13).to(DOT_DTYPE), v163.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v93 = tl.load(scratch + 3 * HID * D + 18 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v123 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 3 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v134 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 4 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v172 = (v93 + v123 + v134 + v165)
+            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v172.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v172.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
             d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v123 = (v104 * d_new_s1)
+            v98 = (v79 * d_new_s1)
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v128 = (v102 * d_new_w1)
-            v159 = tl.load(scratch + HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v164 = tl.trans(tl.dot(tl.trans(v72).to(DOT_DTYPE), v159.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v205 = (v123 + v128 + v164)
-            tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v205.to(d_init_s1_ptr.dtype.element_ty), mask=c == 0)
+            v103 = (v77 * d_new_w1)
+            v125 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v130 = tl.trans(tl.dot(tl.trans(v60).to(DOT_DTYPE), v125.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v171 = (v98 + v103 + v130)
+            tl.store(carries_s1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v171.to(carries_s1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_s1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v171.to(d_init_s1_ptr.dtype.element_ty), mask=c == 0)
             d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v110 = (v104 * d_new_s2)
-            tl.store(scratch + 3 * HID * D + 21 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v110)
+            v85 = (v79 * d_new_s2)
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v85)
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v117 = (v102 * d_new_w2)
-            tl.store(scratch + 3 * HID * D + 21 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v117)
+            v92 = (v77 * d_new_w2)
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v92)
+            v69 = tl.load(scratch + 3 * HID * D + 14 * C * HID + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v71 = (v69 * v53[:, None])
+            tl.store(scratch + 3 * HID * D + 19 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
         tl.debug_barrier()
-        v141 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 7 * BV * HID + 3 * C * D + 6 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v84 = tl.load(scratch + HID * D + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v154 = tl.trans(tl.dot(tl.trans(v84).to(DOT_DTYPE), v141.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v110 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v117 = tl.load(scratch + 3 * HID * D + 21 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v204 = (v110 + v117 + v154)
-            tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v204.to(d_init_s2_ptr.dtype.element_ty), mask=c == 0)
+            v71 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 7 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v120 = tl.trans(tl.dot(tl.trans(v71).to(DOT_DTYPE), local_6.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v85 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 5 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v92 = tl.load(scratch + 3 * HID * D + 19 * C * HID + 6 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v170 = (v85 + v92 + v120)
+            tl.store(carries_s2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v170.to(carries_s2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_s2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v170.to(d_init_s2_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1673,12 +1652,12 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v17 = d_out
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v17.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v23 = d_out
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v23.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1712,197 +1691,126 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 3 * C * BV + 2 * C * C + 3 * C * D)  # v12, v13, v63, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v62, v59, v57, v107
+    scratch = scratch_ptr + slot * (6 * C * HID + 3 * C * D + 3 * C * C)  # v12, v44, v42, v48, v63, v70, v43, v34, v38, v40, v46, v62
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v43 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v21 = tl.cumsum(v20, axis=0, reverse=False)
+    v22 = v21
+    v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v27 = tl.cumsum(v26, axis=0, reverse=False)
+    v28 = v27
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v25 = gate_eta
+    v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
+    v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v24 = tl.exp(v21)  # cumulative decay in the chunk
+    v38 = (q * v24[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    v30 = tl.exp(v27)  # cumulative decay in the chunk
+    v35 = v30
+    v36 = (v31 * v35[None, :])
+    v37 = tl.sum((v36), axis=1)
+    v40 = (q * v37[:, None])
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = (v45 * v34)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = (v34 * v60)
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v44 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v38 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = (v39 + v41)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v46 = tl.load(scratch + 6 * C * HID + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 3 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = (v42 - v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = v13
+        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v62)  # park
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v65 = (v64 * v53)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v59)  # park
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v63 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v63)
-        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
-    tl.debug_barrier()
-    v57 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v58 + v60)
-        v66 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v67 = (v61 - v66)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-        v68_c0 = (0.5 * v67)
-        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69 = (v68 * v43[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v73 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v77 = (v76 * v53)
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v103 = (v53 * v102)
-    v105 = (v100 * v56[:, None])
-    v107 = (v100 * v43[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
-    tl.debug_barrier()
-    v107 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v104 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v106 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v111 = ((-1.0) * v110)
-        v63 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 += tl.trans(tl.dot(v63.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v113 = (v53 * v112)
-    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v114.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = (v63 + v65 + v67)
+        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
+        v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v70 = ((-1.0) * v69)
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v71 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 += tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v34 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = (v34 * v71)
+    v43 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.trans(tl.dot(tl.trans(v43).to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1936,191 +1844,125 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v59, v57, v107
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 5 * C * C)  # v42, v12, v44, v48, v63, v70, v38, v31, v40, v45, v34, v46, v62
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v21 = tl.cumsum(v20, axis=0, reverse=False)
+    v24 = tl.exp(v21)  # cumulative decay in the chunk
+    v38 = (q * v24[:, None])
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    v22 = v21
+    v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v27 = tl.cumsum(v26, axis=0, reverse=False)
+    v30 = tl.exp(v27)  # cumulative decay in the chunk
+    v35 = v30
+    v36 = (v31 * v35[None, :])
+    v37 = tl.sum((v36), axis=1)
+    v40 = (q * v37[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v43 = k
+    v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    v28 = v27
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v25 = gate_eta
+    v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = (v45 * v34)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v34 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = (v34 * v60)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v38 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = (v39 + v41)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v44 = v18
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = (v42 - v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = v13
+        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v65 = (v64 * v53)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v63 = v37
-        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
+        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = (v63 + v65 + v67)
+        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
+        v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v70 = (v69 * v37[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v58 + v60)
-        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v67 = (v61 - v66)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-        v68_c0 = (0.5 * v67)
-        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69 = (v68 * v43[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v73 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v68 * v56[:, None])
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v77 = (v76 * v53)
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v103 = (v53 * v102)
-    v105 = (v100 * v56[:, None])
-    v107 = (v100 * v43[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
-    tl.debug_barrier()
-    v107 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v104 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v106 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v111 = (v110 * v56[:, None])
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v112 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 += tl.trans(tl.dot(tl.trans(s1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2154,191 +1996,125 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v66, v67, v68, v69, v74, v104, v106, v18, v35, v50, v53, v59, v57, v107
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 5 * C * C)  # v42, v12, v44, v48, v63, v70, v38, v31, v40, v45, v34, v46, v62
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v21 = tl.cumsum(v20, axis=0, reverse=False)
+    v24 = tl.exp(v21)  # cumulative decay in the chunk
+    v38 = (q * v24[:, None])
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :], v38)  # park
+    v22 = v21
+    v31 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v21[:, None] - v22[None, :])))))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v31)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v27 = tl.cumsum(v26, axis=0, reverse=False)
+    v30 = tl.exp(v27)  # cumulative decay in the chunk
+    v35 = v30
+    v36 = (v31 * v35[None, :])
+    v37 = tl.sum((v36), axis=1)
+    v40 = (q * v37[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v43 = k
+    v45 = tl.dot(q.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    v28 = v27
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v25 = gate_eta
+    v33 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v27[:, None] - v28[None, :]))))) * v25[None, :])))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v31 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v34 = tl.dot(v31.to(DOT_DTYPE), tl.trans(v33).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v45 = tl.load(scratch + 6 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = (v45 * v34)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v60 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v34 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = (v34 * v60)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v38 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v39 = tl.dot(v38.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(v40.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = (v39 + v41)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v44 = v18
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
+    tl.debug_barrier()
+    v46 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v44 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v48 = (v42 - v47)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = v13
+        v63 = tl.trans(tl.dot(tl.trans(v49).to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v50)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v47 = v46
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v65 = (v64 * v53)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v63 = v37
-        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v66)
-    tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v58 + v60)
-        v66 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v67 = (v61 - v66)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-        v68_c0 = (0.5 * v67)
-        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69 = (v68 * v43[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v73 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v68 * v56[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v74)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v77 = (v76 * v53)
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v92 = ((-0.5) * v82 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v85[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (2.0 * v82 * v94[:, None])
-    v91 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v96 = (v91 + v95)
-    v97 = ((-1.0) * v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = (v96 + v99[:, None])
-    v101 = ((-1.0) * v100)
-    v102 = tl.trans(tl.dot(v75.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v53 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v103 = (v53 * v102)
-    v105 = (v100 * v56[:, None])
-    v107 = (v100 * v43[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v74 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.trans(tl.dot(tl.trans(v74).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v104)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v106 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v106)
-    tl.debug_barrier()
-    v107 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v65 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v108 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v104 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v106 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v109 = (v104 + v106 + v108)
-        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v110_c0 = (0.5 * v67 * tl.full((), 1.4142135623730951, DTYPE))
-        v110 = (v109 * (0.5 + (0.5 * tl.math.erf(v110_c0)) + (v110_c0 * tl.exp(((-0.5) * (v67 * v67))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v111 = (v110 * v43[:, None])
+        v67 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v63 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = (v63 + v65 + v67)
+        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v69_c0 = (0.5 * v48 * tl.full((), 1.4142135623730951, DTYPE))
+        v69 = (v68 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v48 * v48))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v70 = (v69 * v24[:, None])
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
+    tl.debug_barrier()
+    v71 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v112 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v112.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v71 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2372,240 +2148,160 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 5 * C * BV + 5 * C * C + 3 * C * D)  # v12, v13, v76, v79, v80, v81, v82, v87, v123, v125, v18, v35, v59, v61, v62, v72, v70, v90, v88, v119, v122, v126, v133
+    scratch = scratch_ptr + slot * (7 * C * HID + 5 * C * C + 3 * C * D)  # v12, v57, v60, v54, v61, v82, v89, v40, v42, v43, v59, v53, v51, v81, v92
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v25 = v24
+    v40 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v40)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v33 = tl.cumsum(v32, axis=0, reverse=False)
+    v34 = v33
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v31 = gate_eta
+    v42 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
+    tl.store(scratch + 7 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v42)  # park
+    v43 = tl.dot(v40.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v43)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v56 = k
+    v58 = tl.dot(q.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = (v58 * v43)
+    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v39 = tl.exp(v33)  # cumulative decay in the chunk
+    v44 = v39
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v45 = (v40 * v44[None, :])
+    v46 = tl.sum((v45), axis=1)
+    v53 = (q * v46[:, None])
+    tl.store(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v53)  # park
+    v30 = tl.exp(v24)  # cumulative decay in the chunk
+    v51 = (q * v30[:, None])
+    tl.store(scratch + 7 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v51)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v79 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = (v43 * v79)
+    tl.store(scratch + 7 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v57 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
+    tl.debug_barrier()
+    v53 = tl.load(scratch + 7 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v59 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v54 = tl.dot(v53.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+    tl.debug_barrier()
+    v51 = tl.load(scratch + 7 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v52 = tl.dot(v51.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v54 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55 = (v52 + v54)
+        v60 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 = (v55 - v60)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = v13
+        v82 = tl.trans(tl.dot(tl.trans(v62).to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v76)
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v111 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v112 = tl.sum((v111), axis=1)
-    v113 = (v112 / (D))
-    v114 = (2.0 * v95 * v113[:, None])
-    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v115 = (v110 + v114)
-    v116 = ((-1.0) * v115)
-    v117 = tl.sum((v116), axis=1)
-    v118 = (v117 / (D))
-    v119 = (v115 + v118[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
-    v120 = ((-1.0) * v119)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v122 = (v62 * v121)
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v122)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v124 = (v119 * v65[:, None])
-    v126 = (v119 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v122 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v123 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v123)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v125 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v124).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v125)
-    tl.debug_barrier()
-    v126 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v131 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v84 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v127 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v123 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v125 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v128 = (v123 + v125 + v127)
-        v80 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v129_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v129 = (v128 * (0.5 + (0.5 * tl.math.erf(v129_c0)) + (v129_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v130 = ((-1.0) * v129)
-        v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v131 += tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v132 = (v62 * v131)
-    v133 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 5 * C * BV + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v133)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v106 = tl.zeros((C, D), DTYPE)
-    v109 = tl.zeros((C, D), DTYPE)
+        v86 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = (v82 + v84 + v86)
+        v61 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v88_c0 = (0.5 * v61 * tl.full((), 1.4142135623730951, DTYPE))
+        v88 = (v87 * (0.5 + (0.5 * tl.math.erf(v88_c0)) + (v88_c0 * tl.exp(((-0.5) * (v61 * v61))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v89 = ((-1.0) * v88)
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v89)
+    tl.debug_barrier()
+    v90 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v76 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v105 = (v76 * v69[:, None])
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s1)
-        v106 += tl.dot(v105.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v108 = (v76 * v68[:, None])
+        v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v89 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v90 += tl.trans(tl.dot(v57.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v43 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v43 * v90)
+    v92 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 7 * C * HID + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v92)  # park
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
+    v47 = v29
+    tl.debug_barrier()  # parked tiles other threads stored
+    v42 = tl.load(scratch + 7 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v48 = (v42 * v47[None, :])
+    v49 = tl.sum((v48), axis=1)
+    v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v37 = tl.sum((v36), axis=0)
+    v38 = (v22 * tl.exp((v37 - v34)))  # decay from token s to the chunk's end
+    v50 = (v38 * v31)
+    v76 = tl.zeros((C, D), DTYPE)
+    v73 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v75 = (v57 * v49[:, None])
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w1)
-        v109 += tl.dot(v108.to(DOT_DTYPE), v107.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v133 = tl.load(scratch + 10 * C * HID + 5 * C * BV + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v134 = (v106 + v109 + v133)
-    v135 = v134
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v74 = ((-1.0) * d_new_w1)
+        v76 += tl.dot(v75.to(DOT_DTYPE), v74.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v72 = (v57 * v50[:, None])
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = ((-1.0) * d_new_s1)
+        v73 += tl.dot(v72.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v92 = tl.load(scratch + 7 * C * HID + 5 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v93 = (v73 + v76 + v92)
+    v94 = v93
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v94.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2639,293 +2335,214 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = v155
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (2.0 * local_0 * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v117 = (v115 + v116)
+    v118 = v117
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v118.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2959,386 +2576,299 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (18 * C * HID + HID * D + 2 * BV * HID + 17 * C * BV + 4 * C * D + 6 * C * C)  # v12, v13, v36, v116, v117, v119, v71, v80, v87, v81, v82, v134, v141, v149, v150, v104, v108, v109, v113, v139, v110, v18, v25, v26, v35, v115, v118, v77, v59, v62, v78, v70, v72, v88, v90, v130, v133, v142, v107, v112, v132, v106, v137, v157, v158, v162, v169, v170
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 6 * C * BV)  # v12, v24, v87, v89, v92, v62, v64, v68, v70, v98, v110, v113, v114, v77, v81, v82, v103, v78, v88, v49, v91, v65, v47, v50, v66, v58, v60, v97, v101, v121, v122, v126, v133, v134
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v63 = k
+    v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v40 = tl.cumsum(v39, axis=0, reverse=False)
+    v43 = (v40 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v44 = tl.sum((v43), axis=0)
+    v41 = v40
+    v45 = (v29 * tl.exp((v44 - v41)))  # decay from token s to the chunk's end
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v57 = (v45 * v38)
+    v88 = (v63 * v57[:, None])
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    v49 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :]))))) * v38[None, :])))
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :], v49)  # park
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v31 = tl.cumsum(v30, axis=0, reverse=False)
+    v34 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v35 = tl.sum((v34), axis=0)
+    v32 = v31
+    v36 = (v29 * tl.exp((v35 - v32)))  # decay from token s to the chunk's end
+    v54 = v36
+    v55 = (v49 * v54[None, :])
+    v56 = tl.sum((v55), axis=1)
+    v91 = (v63 * v56[:, None])
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    v47 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v31[:, None] - v32[None, :])))))
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :], v47)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v50 = tl.dot(v47.to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v66 = (v65 * v50)
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v66)  # park
+    v37 = tl.exp(v31)  # cumulative decay in the chunk
+    v58 = (q * v37[:, None])
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v58)  # park
+    v46 = tl.exp(v40)  # cumulative decay in the chunk
+    v51 = v46
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v47 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = (q * v53[:, None])
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v95 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v97 = (v50 * v95)
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v20 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v21 = tl.sum((v20), axis=1)
+    v22 = (v21 / (D))
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v24 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v87 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v87)
+    tl.debug_barrier()
+    v88 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + C * D + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v87 = tl.load(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v89 = tl.dot(v88.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v89)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v90 = ((-1.0) * d_new_w1)
+        v92 = tl.dot(v91.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v92)
+    tl.debug_barrier()
+    v58 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v60 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 3 * C * D + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = (v59 + v61)
+        tl.store(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v62)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v25_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v25 = (v24 * (0.5 + (0.5 * tl.math.erf(v25_c0)) + (v25_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v64 = v25
+        tl.store(scratch + 5 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v64)
+    tl.debug_barrier()
+    v66 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v97 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v64 = tl.load(scratch + 5 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v62 = tl.load(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v68 = (v62 - v67)
+        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = v13
+        tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v70)
+        v98 = tl.trans(tl.dot(tl.trans(v70).to(DOT_DTYPE), tl.trans(v97).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v98)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    v75 = k
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v53 = v52
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v69 = (v57 * v50)
-    v115 = (v75 * v69[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v115)  # park
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v118 = (v75 * v68[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v118)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + C * C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v78 = (v77 * v62)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v115 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v114 = ((-1.0) * d_new_s1)
-        v116 = tl.dot(v115.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v116)
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v117 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 4 * C * HID + offs_h[:, None] * D + offs_i[None, :], v117)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v118 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v117 = tl.load(scratch + 4 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v119 = tl.dot(v118.to(DOT_DTYPE), tl.trans(v117).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v119)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v71)
-    tl.debug_barrier()
-    v72 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 3 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v71 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = (v71 + v73)
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v80 = (v74 - v79)
-        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v120 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v122 / (D))
-    v124 = (2.0 * v95 * v123[:, None])
-    v125 = (v120 + v124)
-    v126 = ((-1.0) * v125)
-    v127 = tl.sum((v126), axis=1)
-    v128 = (v127 / (D))
-    v129 = (v125 + v128[:, None])
-    v130 = ((-1.0) * v129)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :], v130)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v62 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v133 = (v62 * v131)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :], v133)  # park
-    v140 = (v129 * v65[:, None])
-    v142 = (v129 * v49[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v142)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 4 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v107 = (v88 * v69[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
-    v112 = (v88 * v68[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v112)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v130 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 5 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v132 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v130.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v132)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v134 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v134)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v141 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v140).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v141)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 4 * C * BV + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v142 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v105 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v142).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v134 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v141 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 = (v134 + v141 + v143)
-        v80 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v145_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v145 = (v144 * (0.5 + (0.5 * tl.math.erf(v145_c0)) + (v145_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v146 = ((-1.0) * v145)
-        v147 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v146.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v116 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v119 = tl.load(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v148 = (v116 + v119 + v147)
-        v149 = v148
-        tl.store(scratch + 12 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v149)
+        v107 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v98 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v108 = (v98 + v105 + v107)
+        v68 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v109_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
+        v109 = (v108 * (0.5 + (0.5 * tl.math.erf(v109_c0)) + (v109_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v110 = ((-1.0) * v109)
+        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v110)
+    tl.debug_barrier()
+    v66 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v110 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v111 = tl.dot(tl.trans(v66).to(DOT_DTYPE), v110.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v89 = tl.load(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v92 = tl.load(scratch + 3 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v112 = (v89 + v92 + v111)
+        v113 = v112
+        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v113)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v36 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v150_c0 = tl.full((), 1.4142135623730951, DTYPE)
-        v150_c1 = tl.full((), 0.5641895835477563, DTYPE)
-        v150_c2 = (0.5 * (v12 * v12))
-        v150_c3 = tl.exp(((-1.0) * v150_c2))
-        v150 = (v36 * v149 * ((v150_c0 * v150_c1 * v150_c3) - (v150_c0 * v150_c1 * v150_c2 * v150_c3)))
-        tl.store(scratch + 13 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v150)
+        v24 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v114_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v114_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v114_c2 = (0.5 * (v12 * v12))
+        v114_c3 = tl.exp(((-1.0) * v114_c2))
+        v114 = (v24 * v113 * ((v114_c0 * v114_c1 * v114_c3) - (v114_c0 * v114_c1 * v114_c2 * v114_c3)))
+        tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v114)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    v107 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 7 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 8 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v104 = tl.load(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v108 = tl.dot(v107.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v108)
+        v77 = ((-1.0) * d_new_s2)
+        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+        v81 = tl.dot(local_4.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v109 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v109)
-        v113 = tl.dot(v112.to(DOT_DTYPE), v109.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v113)
+        v82 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v133 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 6 * C * BV + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v106 = tl.zeros((C, BV), DTYPE)
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v97 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 5 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v81 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v135 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v108 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v113 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v138 = (v108 + v113 + v135)
-        v139 = v138
-        tl.store(scratch + 16 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v139)
-        v87 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v105 = (v87 * v69[:, None])
-        v104 = tl.load(scratch + 14 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v110 = (v87 * v68[:, None])
-        tl.store(scratch + 17 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v110)
+        v82 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v86 = tl.dot(local_5.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v69_c0 = (0.5 * v68)
+        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v99 = tl.trans(tl.dot(tl.trans(v69).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = (v81 + v86 + v99)
+        v103 = v102
+        tl.store(scratch + 13 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
+        v70 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v70 * v57[:, None])
+        tl.store(scratch + 14 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v78)
     tl.debug_barrier()
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 10 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :], v106)  # park
-    v111 = tl.zeros((C, BV), DTYPE)
+    v79 = tl.zeros((C, BV), DTYPE)
+    v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v110 = tl.load(scratch + 17 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v109 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v111 += tl.dot(v110.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 10 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v132 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 9 * C * BV + 4 * C * D + 6 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v136 = (v106 + v111 + v132)
-    v137 = v136
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 11 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v137)  # park
-    v152 = tl.zeros((C, BV), DTYPE)
+        v78 = tl.load(scratch + 14 * C * HID + HID * D + 2 * BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v83 = (v70 * v56[:, None])
+        v82 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+        v84 += tl.dot(v83.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v100 = (v79 + v84 + local_8)
+    v101 = v100
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v101)  # park
+    v116 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v149 = tl.load(scratch + 12 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v151_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v151 = (v149 * (0.5 + (0.5 * tl.math.erf(v151_c0)) + (v151_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v113 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v115_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v115 = (v113 * (0.5 + (0.5 * tl.math.erf(v115_c0)) + (v115_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v152 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v151).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v116 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v115).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v137 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 11 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v153 = (v137 + v152)
-    v154 = tl.sum((v153), axis=1)
-    v155 = (v154 / (D))
-    v156 = ((-1.0) * v155)
-    v157 = (v153 + v156[:, None])
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 12 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v157)  # park
-    v158 = (2.0 * v29[:, None] * v157)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 13 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
+    v101 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v117 = (v101 + v116)
+    v118 = tl.sum((v117), axis=1)
+    v119 = (v118 / (D))
+    v120 = ((-1.0) * v119)
+    v121 = (v117 + v120[:, None])
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    v122 = (2.0 * v22[:, None] * v121)
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v123 = (2.0 * local_0 * v121)
+    v124 = tl.sum((v123), axis=1)
+    v125 = (v124 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v126 = ((-0.5) * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v126)  # park
+    v129 = ((-0.5) * local_0 * ln_weight[None, :] * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v132 = (ln_weight[None, :] * v121 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v133 = (v129 + v132)
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    v134 = (ln_weight[None, :] * v133 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v134)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v127 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v125[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * (tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v128 = tl.sum((v127), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v159 = (2.0 * v18 * v157)
-    v160 = tl.sum((v159), axis=1)
-    v161 = (v160 / (D))
-    v25 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v162 = ((-0.5) * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 14 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v162)  # park
-    v165 = ((-0.5) * v18 * ln_weight[None, :] * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v168 = (ln_weight[None, :] * v157 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v169 = (v165 + v168)
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 15 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v169)  # park
-    v170 = (ln_weight[None, :] * v169 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 16 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :], v170)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v163 = (0.75 * v18 * ln_weight[None, :] * v25 * v161[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * (tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v164 = tl.sum((v163), axis=1)
-    v157 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 12 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v166 = ((-0.5) * ln_weight[None, :] * v25 * v157 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v167 = tl.sum((v166), axis=1)
-    v169 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 15 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v171 = ((-0.5) * v18 * ln_weight[None, :] * v169 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v172 = tl.sum((v171), axis=1)
-    v173 = (v164 + v167 + v172)
-    v174 = (v173 / (D))
-    v175 = (2.0 * v18 * v174[:, None])
-    v158 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 13 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v162 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 14 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v170 = tl.load(scratch + 18 * C * HID + HID * D + 2 * BV * HID + 16 * C * BV + 4 * C * D + 6 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v176 = (v158 + v162 + v170 + v175)
-    v177 = ((-1.0) * v176)
-    v178 = tl.sum((v177), axis=1)
-    v179 = (v178 / (D))
-    v180 = (v176 + v179[:, None])
-    v185 = tl.zeros((C, D), DTYPE)
+    v121 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v130 = ((-0.5) * ln_weight[None, :] * local_1 * v121 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v131 = tl.sum((v130), axis=1)
+    v133 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v135 = ((-0.5) * local_0 * ln_weight[None, :] * v133 / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v136 = tl.sum((v135), axis=1)
+    v137 = (v128 + v131 + v136)
+    v138 = (v137 / (D))
+    v139 = (2.0 * local_0 * v138[:, None])
+    v122 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v126 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v134 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + 4 * C * D + 6 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v140 = (v122 + v126 + v134 + v139)
+    v141 = ((-1.0) * v140)
+    v142 = tl.sum((v141), axis=1)
+    v143 = (v142 / (D))
+    v144 = (v140 + v143[:, None])
+    v149 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v181 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v180).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v139 = tl.load(scratch + 16 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v182 = (v139 + v181)
+        v145 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v103 = tl.load(scratch + 13 * C * HID + HID * D + 2 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v146 = (v103 + v145)
         v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v183_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v183 = (v182 * (0.5 + (0.5 * tl.math.erf(v183_c0)) + (v183_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v150 = tl.load(scratch + 13 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v184 = (v150 + v183)
+        v147_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v147 = (v146 * (0.5 + (0.5 * tl.math.erf(v147_c0)) + (v147_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v114 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v148 = (v114 + v147)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v185 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v184).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v185.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v149 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v148).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v149.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3372,291 +2902,212 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = ((-1.0) * v153)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v154.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (2.0 * local_0 * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v116 = ((-1.0) * v115)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3690,287 +3141,209 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v150 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v151 = ((-1.0) * v150)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v151.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v112 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v113 = ((-1.0) * v112)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v113.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4004,232 +3377,153 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 5 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v111, v113, v18, v35, v51, v54, v60, v58, v78, v76, v107, v110, v114
+    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v71, v80, v32, v35, v47, v41, v39, v70
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v22 = tl.cumsum(v21, axis=0, reverse=False)
+    v23 = v22
+    v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = gate_eta
+    v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
+    v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v44 = k
+    v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = (v46 * v35)
+    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v31 = tl.exp(v28)  # cumulative decay in the chunk
+    v36 = v31
+    tl.debug_barrier()  # parked tiles other threads stored
+    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = (v32 * v36[None, :])
+    v38 = tl.sum((v37), axis=1)
+    v41 = (q * v38[:, None])
+    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    v25 = tl.exp(v22)  # cumulative decay in the chunk
+    v39 = (q * v25[:, None])
+    tl.store(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v68 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v70 = (v35 * v68)
+    tl.store(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v45 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v39 = tl.load(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = (v40 + v42)
+        v48 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v43 - v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v49)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = v13
+        v71 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v41 = tl.cumsum(v40, axis=0, reverse=False)
-    v42 = v41
-    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v47 = tl.cumsum(v46, axis=0, reverse=False)
-    v48 = v47
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = gate_eta
-    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v63 = k
-    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v66 = (v65 * v54)
-    v50 = tl.exp(v47)  # cumulative decay in the chunk
-    v55 = v50
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v56 = (v51 * v55[None, :])
-    v57 = tl.sum((v56), axis=1)
-    v60 = (q * v57[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v44 = tl.exp(v41)  # cumulative decay in the chunk
-    v58 = (q * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v64 = v37
-        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
-    tl.debug_barrier()
-    v58 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v59 + v61)
-        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v68 = (v62 - v67)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69_c0 = (0.5 * v68)
-        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-        v70 = (v69 * v44[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-    tl.debug_barrier()
-    v74 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 = (v69 * v57[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v77 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v75 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v78 = (v77 * v54)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v76 = v35
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v83 = (v80 - v82[:, None])
-    v84 = (v83 * v83)
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = (2.0 * v83 * v101[:, None])
-    v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v103 = (v98 + v102)
-    v104 = ((-1.0) * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    v107 = (v103 + v106[:, None])
-    tl.store(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    v108 = ((-1.0) * v107)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v110 = (v54 * v109)
-    tl.store(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v110)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = (v107 * v57[:, None])
-    v114 = (v107 * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v114)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v75 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v111 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v111)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v113 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v112).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v113)
-    tl.debug_barrier()
-    v114 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v123 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v73 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v115 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v111 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v113 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v119 = (v111 + v113 + v115)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v120_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-        v120 = (v119 * (0.5 + (0.5 * tl.math.erf(v120_c0)) + (v120_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v71 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v79 = (v71 + v73 + v75)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v80_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
+        v80 = (v79 * (0.5 + (0.5 * tl.math.erf(v80_c0)) + (v80_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
+    tl.debug_barrier()
+    v83 = tl.zeros((C,), DTYPE)
+    v76 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v121 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v122 = (v120 * v121)
-        v123 += tl.sum((v122), axis=1)
-    v116 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v80 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82 = (v80 * v81)
+        v83 += tl.sum((v82), axis=1)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50_c0 = (0.5 * v49)
+        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v116 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v107 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v117 = (v107 * v116)
-    v118 = tl.sum((v117), axis=1)
-    v96 = tl.zeros((), DTYPE)
+        v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v77 = (local_6 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v64 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v92 = (w2 * d_new_w2)
-        v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        v59 = (w2 * d_new_w2)
+        v64 += tl.sum(tl.sum((v59), axis=1), axis=0)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v94 = (w1 * d_new_w1)
-        v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
-    v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
-    v124 = (v97 + v118 + v123)
-    v125 = (v124 * tl.exp(v41))
-    v126 = tl.cumsum(v125, axis=0, reverse=True)
-    v127 = (v126 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v62 = (w1 * d_new_w1)
+        v64 += tl.sum(tl.sum((v62), axis=1), axis=0)
+    v65 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v64)
+    v84 = (v65 + v78 + v83)
+    v85 = (v84 * tl.exp(v22))
+    v86 = tl.cumsum(v85, axis=0, reverse=True)
+    v87 = (v86 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v87.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4263,9 +3557,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + C * BV + C * D)  # v12, v13, v55, v67, v18, v54
+    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v35
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v35 = k
+    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    v48 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4274,97 +3572,58 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v57 = v35
-    v54 = k
-    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
-    v66 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v37 = v13
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v63 = ((-1.0) * d_new_w2)
-        v64 = tl.dot(v57.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v56 = v13
-        v65 = (v56 * v64)
-        v66 += tl.sum((v65), axis=1)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v55 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v67 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v67)
+        v45 = ((-1.0) * d_new_w2)
+        v46 = tl.dot(local_3.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v37 * v46)
+        v48 += tl.sum((v47), axis=1)
     tl.debug_barrier()
-    v68 = tl.zeros((C, D), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v55 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v67 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v68 += tl.dot(v55.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v54 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v54 * v68)
-    v70 = tl.sum((v69), axis=1)
-    v71 = (v66 + v70)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v36 = v18
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = ((-1.0) * d_new_w1)
+        v51 += tl.dot(v36.to(DOT_DTYPE), v50.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v35 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = (v35 * v51)
+    v53 = tl.sum((v52), axis=1)
+    v59 = (v48 + v53)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v48 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v49 = tl.cumsum(v48, axis=0, reverse=False)
-    v50 = v49
+    v29 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v30 = tl.cumsum(v29, axis=0, reverse=False)
+    v31 = v30
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v47 = gate_eta
-    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v49[:, None] - v50[None, :]))))) * v47[None, :])))
-    v72 = (v53 * v71[:, None])
-    v73 = tl.sum((v72), axis=0)
-    v74 = v73
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v28 = gate_eta
+    v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v30[:, None] - v31[None, :]))))) * v28[None, :])))
+    v60 = (v34 * v59[:, None])
+    v61 = tl.sum((v60), axis=0)
+    v62 = v61
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v46 = tl.sum((v45), axis=0)
-    v44 = v43
-    v75 = (v41 * v74 * tl.exp((v46 - v44)))
-    v76 = tl.sum((v75), axis=0)
-    v77 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v76)
-    v78 = tl.cumsum(v77, axis=0, reverse=True)
-    v79 = (v78 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v79.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v26 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v27 = tl.sum((v26), axis=0)
+    v25 = v24
+    v63 = (v22 * v62 * tl.exp((v27 - v25)))
+    v64 = tl.sum((v63), axis=0)
+    v65 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v64)
+    v66 = tl.cumsum(v65, axis=0, reverse=True)
+    v67 = (v66 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4398,264 +3657,191 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (11 * C * HID + 5 * C * BV + 9 * C * C + 2 * C * D)  # v12, v13, v64, v67, v68, v69, v70, v75, v112, v114, v121, v18, v35, v51, v53, v54, v65, v60, v58, v77, v78, v76, v107, v109, v110, v118, v129
+    scratch = scratch_ptr + slot * (9 * C * HID + 9 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v51, v73, v82, v50, v32, v34, v35, v46, v47, v41, v39, v69, v71, v90, v85
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v22 = tl.cumsum(v21, axis=0, reverse=False)
+    v23 = v22
+    v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
+    tl.store(scratch + 9 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = gate_eta
+    v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
+    tl.store(scratch + 9 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v34)  # park
+    v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v44 = k
+    v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 9 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = (v46 * v35)
+    tl.store(scratch + 9 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v31 = tl.exp(v28)  # cumulative decay in the chunk
+    v36 = v31
+    tl.debug_barrier()  # parked tiles other threads stored
+    v32 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = (v32 * v36[None, :])
+    v38 = tl.sum((v37), axis=1)
+    v41 = (q * v38[:, None])
+    tl.store(scratch + 9 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    v25 = tl.exp(v22)  # cumulative decay in the chunk
+    v39 = (q * v25[:, None])
+    tl.store(scratch + 9 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v69 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 9 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 9 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v71 = (v35 * v69)
+    tl.store(scratch + 9 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v45 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 9 * C * HID + 5 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 9 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v39 = tl.load(scratch + 9 * C * HID + 5 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 9 * C * HID + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = (v40 + v42)
+        v48 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v43 - v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v49)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+        v73 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 11 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v41 = tl.cumsum(v40, axis=0, reverse=False)
-    v42 = v41
-    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v47 = tl.cumsum(v46, axis=0, reverse=False)
-    v48 = v47
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = gate_eta
-    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v53)  # park
-    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v63 = k
-    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
-    v66 = (v65 * v54)
-    v50 = tl.exp(v47)  # cumulative decay in the chunk
-    v55 = v50
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 11 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v56 = (v51 * v55[None, :])
-    v57 = tl.sum((v56), axis=1)
-    v60 = (q * v57[:, None])
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v44 = tl.exp(v41)  # cumulative decay in the chunk
-    v58 = (q * v44[:, None])
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v75 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v64 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v64)
-        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        v80 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v73 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v81 = (v73 + v75 + v80)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v82_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
+        v82 = (v81 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.zeros((C,), DTYPE)
+    v76 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v59 + v61)
-        v67 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v68 = (v62 - v67)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69_c0 = (0.5 * v68)
-        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-        v70 = (v69 * v44[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-    tl.debug_barrier()
-    v74 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 = (v69 * v57[:, None])
+        v86 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v82 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = (v82 * v86)
+        v88 += tl.sum((v87), axis=1)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50_c0 = (0.5 * v49)
+        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v77 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v75 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v76 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v78 = (v77 * v54)
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 11 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v76 = v35
-    tl.store(scratch + 11 * C * HID + 2 * C * BV + 6 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v83 = (v80 - v82[:, None])
-    v84 = (v83 * v83)
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v99 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v100 = tl.sum((v99), axis=1)
-    v101 = (v100 / (D))
-    v102 = (2.0 * v83 * v101[:, None])
-    v98 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v103 = (v98 + v102)
-    v104 = ((-1.0) * v103)
-    v105 = tl.sum((v104), axis=1)
-    v106 = (v105 / (D))
-    v107 = (v103 + v106[:, None])
-    tl.store(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    v108 = ((-1.0) * v107)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 6 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v109 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v108).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 11 * C * HID + 4 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v109)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v110 = (v54 * v109)
-    tl.store(scratch + 11 * C * HID + 4 * C * BV + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v110)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = (v107 * v57[:, None])
-    v118 = (v107 * v44[:, None])
-    tl.store(scratch + 11 * C * HID + 4 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v118)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v75 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v112 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v112)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v114 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v114)
-    tl.debug_barrier()
-    v118 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v127 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v119 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v112 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v114 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v120 = (v112 + v114 + v119)
-        v68 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v121_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-        v121 = (v120 * (0.5 + (0.5 * tl.math.erf(v121_c0)) + (v121_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v121)
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v125 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v126 = (v121 * v125)
-        v127 += tl.sum((v126), axis=1)
-    tl.debug_barrier()
-    v115 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v115 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v107 = tl.load(scratch + 11 * C * HID + 3 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v116 = (v107 * v115)
-    v117 = tl.sum((v116), axis=1)
-    v96 = tl.zeros((), DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v77 = (local_6 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v65 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v92 = (s2 * d_new_w2)
-        v96 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        v60 = (s2 * d_new_w2)
+        v65 += tl.sum(tl.sum((v60), axis=1), axis=0)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v94 = (s1 * d_new_w1)
-        v96 += tl.sum(tl.sum((v94), axis=1), axis=0)
-    v97 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v96)
-    v128 = (v97 + v117 + v127)
-    v129 = (v55[None, :] * v128[:, None])
-    tl.store(scratch + 11 * C * HID + 5 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v129)  # park
-    v123 = tl.zeros((C, C), DTYPE)
+        v63 = (s1 * d_new_w1)
+        v65 += tl.sum(tl.sum((v63), axis=1), axis=0)
+    v66 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v65)
+    v89 = (v66 + v78 + v88)
+    v90 = (v36[None, :] * v89[:, None])
+    tl.store(scratch + 9 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :], v90)  # park
+    v84 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v121 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v122 = ((-1.0) * v121)
-        v64 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v123 += tl.trans(tl.dot(v64.to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v82 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v83 = ((-1.0) * v82)
+        v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v84 += tl.trans(tl.dot(v45.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v124 = (v65 * v123)
-    v77 = tl.load(scratch + 11 * C * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v109 = tl.load(scratch + 11 * C * HID + 4 * C * BV + 6 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v111 = (v77 * v109)
-    v130 = (v111 + v124)
-    v53 = tl.load(scratch + 11 * C * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v131 = tl.trans(tl.dot(tl.trans(v53).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v129 = tl.load(scratch + 11 * C * HID + 5 * C * BV + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v132 = (v129 + v131)
-    v133 = v132
-    v134 = (v133 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :]))))
-    v135 = tl.sum((v134), axis=1)
-    v136 = tl.cumsum(v135, axis=0, reverse=True)
-    v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v46 = tl.load(scratch + 9 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = (v46 * v84)
+    tl.store(scratch + 9 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
+    v53 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v50 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v53 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v69 = tl.load(scratch + 9 * C * HID + 5 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v72 = (v53 * v69)
+    v85 = tl.load(scratch + 9 * C * HID + 8 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v72 + v85)
+    v34 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v92 = tl.trans(tl.dot(tl.trans(v34).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v90 = tl.load(scratch + 9 * C * HID + 7 * C * C + 2 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v93 = (v90 + v92)
+    v94 = v93
+    v95 = (v94 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :]))))
+    v96 = tl.sum((v95), axis=1)
+    v97 = tl.cumsum(v96, axis=0, reverse=True)
+    v98 = (v97 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v98.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_alpha_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_alpha_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -4689,24 +3875,28 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + 9 * C * C + 6 * C * BV + 3 * C * D)  # v12, v79, v68, v102, v66, v72, v73, v124, v126, v133, v57, v18, v26, v80, v67, v62, v64, v69, v58, v70, v81, v110, v119, v121, v122, v130, v145, v123
+    scratch = scratch_ptr + slot * (9 * C * HID + 7 * C * C + 3 * C * D)  # v12, v55, v49, v47, v53, v54, v85, v87, v94, v38, v48, v43, v45, v50, v39, v51, v81, v106, v84
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v44 = v43
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v25 = v24
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v51 = tl.cumsum(v50, axis=0, reverse=False)
-    v52 = v51
+    v31 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v32 = tl.cumsum(v31, axis=0, reverse=False)
+    v33 = v32
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v49 = gate_eta
-    v57 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v51[:, None] - v52[None, :]))))) * v49[None, :])))
-    tl.store(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :], v57)  # park
+    v30 = gate_eta
+    v38 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v32[:, None] - v33[None, :]))))) * v30[None, :])))
+    tl.store(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :], v38)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v48 = k
+    tl.store(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v69 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4715,274 +3905,189 @@ def chunk_grad_gate_alpha_3_bwd_kernel(
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v79 = v13
-        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v79)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 9 * C * HID + HID * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = tl.load(scratch + 9 * C * HID + HID * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v80 = v35
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v80)  # park
-    v67 = k
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
-    v101 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v55 = v13
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v96 = ((-1.0) * d_new_w2)
-        v99 = tl.dot(v80.to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v100 = (v79 * v99)
-        v101 += tl.sum((v100), axis=1)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v68 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v68)
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v102 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v102)
+        v64 = ((-1.0) * d_new_w2)
+        v67 = tl.dot(local_3.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68 = (v55 * v67)
+        v69 += tl.sum((v68), axis=1)
     tl.debug_barrier()
-    v107 = tl.zeros((C, D), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v76 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v107 += tl.dot(v68.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v108 = (v67 * v107)
-    v109 = tl.sum((v108), axis=1)
-    v140 = (v101 + v109)
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v141 = (v57 * v140[:, None])
-    v142 = tl.sum((v141), axis=0)
-    v143 = v142
-    v150 = ((-1.0) * v41 * v143 * tl.exp((v47 - v44)))
-    v54 = tl.exp(v51)  # cumulative decay in the chunk
-    v59 = v54
-    v105 = tl.zeros((), DTYPE)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v49 = v18
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v71 = ((-1.0) * d_new_w1)
+        v76 += tl.dot(v49.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v48 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v77 = (v48 * v76)
+    v78 = tl.sum((v77), axis=1)
+    v101 = (v69 + v78)
+    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v102 = (v38 * v101[:, None])
+    v103 = tl.sum((v102), axis=0)
+    v104 = v103
+    v111 = ((-1.0) * v22 * v104 * tl.exp((v28 - v25)))
+    v35 = tl.exp(v32)  # cumulative decay in the chunk
+    v40 = v35
+    v74 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v97 = (s2 * d_new_w2)
-        v105 += tl.sum(tl.sum((v97), axis=1), axis=0)
+        v65 = (s2 * d_new_w2)
+        v74 += tl.sum(tl.sum((v65), axis=1), axis=0)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v103 = (s1 * d_new_w1)
-        v105 += tl.sum(tl.sum((v103), axis=1), axis=0)
-    v106 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v105)
+        v72 = (s1 * d_new_w1)
+        v74 += tl.sum(tl.sum((v72), axis=1), axis=0)
+    v75 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v74)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v48 = tl.exp(v43)  # cumulative decay in the chunk
-    v62 = (q * v48[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v62)  # park
-    v55 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    v60 = (v55 * v59[None, :])
-    v61 = tl.sum((v60), axis=1)
-    v64 = (q * v61[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
+    v29 = tl.exp(v24)  # cumulative decay in the chunk
+    v43 = (q * v29[:, None])
+    tl.store(scratch + 9 * C * HID + C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    v36 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    v41 = (v36 * v40[None, :])
+    v42 = tl.sum((v41), axis=1)
+    v45 = (q * v42[:, None])
+    tl.store(scratch + 9 * C * HID + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = tl.dot(q.to(DOT_DTYPE), tl.trans(v67).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v69)  # park
+    v48 = tl.load(scratch + 9 * C * HID + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v58 = tl.dot(v55.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v58)  # park
+    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v39 = tl.dot(v36.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 9 * C * HID + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v70 = (v69 * v58)
-    tl.store(scratch + 9 * C * HID + HID * D + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v70)  # park
+    v50 = tl.load(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = (v50 * v39)
+    tl.store(scratch + 9 * C * HID + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v64 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 9 * C * HID + C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 9 * C * HID + C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = (v63 + v65)
-        tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v66)
+        v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = (v44 + v46)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 9 * C * HID + HID * D + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v78 = tl.zeros((C, BV), DTYPE)
+    v51 = tl.load(scratch + 9 * C * HID + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v88 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v71 = tl.dot(v70.to(DOT_DTYPE), v68.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v66 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v72 = (v66 - v71)
-        tl.store(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v72)
-        v73_c0 = (0.5 * v72)
-        v73 = (v73_c0 * (1.0 + tl.math.erf((v73_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v73)
-        v74 = (v73 * v48[:, None])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v78 += tl.dot(v74.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v76 = (v73 * v61[:, None])
+        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 = tl.dot(v51.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v53 = (v47 - v52)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v53)
+        v54_c0 = (0.5 * v53)
+        v54 = (v54_c0 * (1.0 + tl.math.erf((v54_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v78 += tl.dot(v76.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v88 += tl.dot(v54.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    v81 = tl.zeros((C, C), DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v89 = (local_6 * v88)
+    v90 = tl.sum((v89), axis=1)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v81 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 9 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v39 = tl.load(scratch + 9 * C * HID + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v83 = (v39 * v81)
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v73 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v81 += tl.dot(v73.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v82 = (v81 * v58)
-    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v83 = tl.dot(v82.to(DOT_DTYPE), v80.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v84 = (v78 - v83)
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    v87 = (v84 - v86[:, None])
-    v88 = (v87 * v87)
-    v89 = tl.sum((v88), axis=1)
-    v90 = (v89 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v110 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v110)  # park
-    v111 = ((-0.5) * v87 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v90[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v90[:, None])))))
-    v112 = tl.sum((v111), axis=1)
-    v113 = (v112 / (D))
-    v114 = (2.0 * v87 * v113[:, None])
-    tl.debug_barrier()  # parked tiles other threads stored
-    v110 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v115 = (v110 + v114)
-    v116 = ((-1.0) * v115)
-    v117 = tl.sum((v116), axis=1)
-    v118 = (v117 / (D))
-    v119 = (v115 + v118[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v119)  # park
-    v127 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v73 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v85 = tl.trans(tl.dot(tl.trans(v55).to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v85)
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v127 += tl.dot(v73.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = (v119 * v127)
-    v129 = tl.sum((v128), axis=1)
-    v120 = ((-1.0) * v119)
-    v80 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.trans(tl.dot(v80.to(DOT_DTYPE), tl.trans(v120).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 9 * C * HID + HID * D + 5 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v121)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 9 * C * HID + HID * D + 2 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v122 = (v58 * v121)
-    tl.store(scratch + 9 * C * HID + HID * D + 6 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v122)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v125 = (v119 * v61[:, None])
-    v130 = (v119 * v48[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v130)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v122 = tl.load(scratch + 9 * C * HID + HID * D + 6 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v79 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v124 = tl.trans(tl.dot(tl.trans(v79).to(DOT_DTYPE), tl.trans(v122).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v124)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v126 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v125).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v126)
+        v87 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v139 = tl.zeros((C,), DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v100 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v124 = tl.load(scratch + 6 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v126 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v132 = (v124 + v126 + v131)
-        v72 = tl.load(scratch + 4 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v133_c0 = (0.5 * v72 * tl.full((), 1.4142135623730951, DTYPE))
-        v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v72 * v72))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v133)
+        v92 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v85 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v93 = (v85 + v87 + v92)
+        v53 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v94_c0 = (0.5 * v53 * tl.full((), 1.4142135623730951, DTYPE))
+        v94 = (v93 * (0.5 + (0.5 * tl.math.erf(v94_c0)) + (v94_c0 * tl.exp(((-0.5) * (v53 * v53))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v94)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v137 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v138 = (v133 * v137)
-        v139 += tl.sum((v138), axis=1)
+        v98 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99 = (v94 * v98)
+        v100 += tl.sum((v99), axis=1)
     tl.debug_barrier()
-    v144 = (v106 + v129 + v139)
-    v145 = (v59[None, :] * v144[:, None])
-    tl.store(scratch + 9 * C * HID + HID * D + 7 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v145)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 9 * C * HID + HID * D + 4 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v121 = tl.load(scratch + 9 * C * HID + HID * D + 5 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v123 = (v81 * v121)
-    tl.store(scratch + 9 * C * HID + HID * D + 8 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v123)  # park
-    v135 = tl.zeros((C, C), DTYPE)
+    v105 = (v75 + v90 + v100)
+    v106 = (v40[None, :] * v105[:, None])
+    tl.store(scratch + 9 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :], v106)  # park
+    v57 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v133 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = ((-1.0) * v133)
-        v68 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v135 += tl.trans(tl.dot(v68.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v57 += tl.dot(v54.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 9 * C * HID + HID * D + C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v136 = (v69 * v135)
-    v123 = tl.load(scratch + 9 * C * HID + HID * D + 8 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v146 = (v123 + v136)
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v147 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v146).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v145 = tl.load(scratch + 9 * C * HID + HID * D + 7 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v148 = (v145 + v147)
-    v149 = v148
-    v151 = ((-1.0) * v149 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :]))))
-    v152 = tl.sum((v151), axis=0)
-    v153 = (v150 + v152)
-    v154 = v153
-    v155 = tl.cumsum(v154, axis=0, reverse=True)
-    v156 = (v155 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v156.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+    v81 = tl.load(scratch + 9 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v84 = (v57 * v81)
+    tl.store(scratch + 9 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v84)  # park
+    v96 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v94 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v95 = ((-1.0) * v94)
+        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v96 += tl.trans(tl.dot(v49.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 9 * C * HID + C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v97 = (v50 * v96)
+    v84 = tl.load(scratch + 9 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v107 = (v84 + v97)
+    v38 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v108 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v106 = tl.load(scratch + 9 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v109 = (v106 + v108)
+    v110 = v109
+    v112 = ((-1.0) * v110 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :]))))
+    v113 = tl.sum((v112), axis=0)
+    v114 = (v111 + v113)
+    v115 = v114
+    v116 = tl.cumsum(v115, axis=0, reverse=True)
+    v117 = (v116 * tl.where((tl.full((), -1e-30, DTYPE) + gate_alpha) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v117.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5016,17 +4121,21 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v12, v50, v49, v61, v18, v26, v48
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v29
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v46 = tl.sum((v45), axis=0)
-    v44 = v43
-    v47 = (v41 * tl.exp((v46 - v44)))  # decay from token s to the chunk's end
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v26 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v27 = tl.sum((v26), axis=0)
+    v25 = v24
+    v28 = (v22 * tl.exp((v27 - v25)))  # decay from token s to the chunk's end
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v29 = k
+    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v41 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5035,79 +4144,38 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v50 = v13
-        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = v35
-    v48 = k
-    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
-    v60 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v31 = v13
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v57 = ((-1.0) * d_new_s2)
-        v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v50 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v59 = (v50 * v58)
-        v60 += tl.sum((v59), axis=1)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v49 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v61 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
+        v38 = ((-1.0) * d_new_s2)
+        v39 = tl.dot(local_3.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40 = (v31 * v39)
+        v41 += tl.sum((v40), axis=1)
     tl.debug_barrier()
-    v62 = tl.zeros((C, D), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v45 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v63 = (v48 * v62)
-    v64 = tl.sum((v63), axis=1)
-    v65 = (v60 + v64)
-    v66 = (v47 * v65)
-    v67 = v66
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v67.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v30 = v18
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v44 = ((-1.0) * d_new_s1)
+        v45 += tl.dot(v30.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v29 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = (v29 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v53 = (v41 + v47)
+    v54 = (v28 * v53)
+    v55 = v54
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5141,241 +4209,182 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v18, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v88, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v25 = v24
+    v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v33 = tl.cumsum(v32, axis=0, reverse=False)
+    v34 = v33
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v31 = gate_eta
+    v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
+    v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v50 = k
+    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = (v52 * v40)
+    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v36 = tl.exp(v33)  # cumulative decay in the chunk
+    v41 = v36
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v42 = (v37 * v41[None, :])
+    v43 = tl.sum((v42), axis=1)
+    v47 = (q * v43[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    v30 = tl.exp(v24)  # cumulative decay in the chunk
+    v45 = (q * v30[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = (v40 * v77)
+    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v46 + v48)
+        v54 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55 = (v49 - v54)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
+        v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v69 = k
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
-    v72 = (v71 * v59)
-    v55 = tl.exp(v52)  # cumulative decay in the chunk
-    v60 = v55
-    tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v61 = (v56 * v60[None, :])
-    v62 = tl.sum((v61), axis=1)
-    v66 = (q * v62[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v64 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v70 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
-        v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
-    tl.debug_barrier()
-    v64 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = (v65 + v67)
-        v73 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = (v68 - v73)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v75_c0 = (0.5 * v74)
-        v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
-        v76 = (v75 * v49[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-    tl.debug_barrier()
-    v80 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v76 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v75 * v62[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v81 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v84 = (v83 * v59)
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v82 = v35
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
-    v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 - v85)
-    v87 = tl.sum((v86), axis=1)
-    v88 = (v87 / (D))
-    v89 = (v86 - v88[:, None])
-    v90 = (v89 * v89)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-    v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = (2.0 * v89 * v109[:, None])
-    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-    v111 = (v106 + v110)
-    v112 = ((-1.0) * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v115 = (v111 + v114[:, None])
-    v116 = ((-1.0) * v115)
-    v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v118 = (v59 * v117)
-    v121 = (v115 * v62[:, None])
-    v123 = (v115 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
-    tl.debug_barrier()
-    v123 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v120 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v122 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v125 = (v120 + v122 + v124)
-        v74 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
-        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v127 = ((-1.0) * v126)
-        v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v71 * v128)
-    v83 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v119 = (v83 * v117)
-    v132 = (v119 + v129)
-    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+        v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = (v81 + v83 + v85)
+        v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v88 = ((-1.0) * v87)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v88 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = (v52 * v89)
+    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    v59 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56_c0 = (0.5 * v55)
+        v56 = (v56_c0 * (1.0 + tl.math.erf((v56_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v101 = tl.zeros((C,), DTYPE)
-    v103 = tl.zeros((C, D), DTYPE)
+    v77 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v80 = (v59 * v77)
+    v90 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = (v80 + v90)
+    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v69 = tl.zeros((C,), DTYPE)
+    v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = ((-1.0) * d_new_w2)
-        v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v100 = (v81 * v99)
-        v101 += tl.sum((v100), axis=1)
+        v66 = ((-1.0) * d_new_w2)
+        v67 = tl.dot(local_3.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 = (v57 * v67)
+        v69 += tl.sum((v68), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v102 = ((-1.0) * d_new_w1)
-        v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v69 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v130 = (v101 + v105)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v63 = v48
-    v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v134 = (v131 + v133)
-    v135 = tl.trans(v134)
-    v136 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v135)
-    v137 = tl.sum((v136), axis=0)
-    v138 = v137
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v138.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v71 = ((-1.0) * d_new_w1)
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = (v50 * v72)
+    v74 = tl.sum((v73), axis=1)
+    v91 = (v69 + v74)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
+    v44 = v29
+    v92 = (v44[None, :] * v91[:, None])
+    v94 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v95 = (v92 + v94)
+    v96 = tl.trans(v95)
+    v97 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v96)
+    v98 = tl.sum((v97), axis=0)
+    v99 = v98
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v99.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5409,250 +4418,171 @@ def chunk_grad_gate_theta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + 5 * C * BV + 4 * C * C + 2 * C * D)  # v12, v13, v67, v68, v69, v70, v75, v117, v119, v18, v35, v51, v54, v60, v58, v78, v76, v113, v116, v123
+    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * C + 2 * C * D)  # v12, v45, v48, v42, v49, v77, v86, v32, v35, v47, v41, v39, v76
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v22 = tl.cumsum(v21, axis=0, reverse=False)
+    v23 = v22
+    v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
+    tl.store(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :], v32)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = gate_eta
+    v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
+    v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v44 = k
+    v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = (v46 * v35)
+    tl.store(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v31 = tl.exp(v28)  # cumulative decay in the chunk
+    v36 = v31
+    tl.debug_barrier()  # parked tiles other threads stored
+    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v37 = (v32 * v36[None, :])
+    v38 = tl.sum((v37), axis=1)
+    v41 = (q * v38[:, None])
+    tl.store(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
+    v25 = tl.exp(v22)  # cumulative decay in the chunk
+    v39 = (q * v25[:, None])
+    tl.store(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v74 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 7 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v76 = (v35 * v74)
+    tl.store(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v76)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v45 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v41 = tl.load(scratch + 7 * C * HID + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 7 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+    tl.debug_barrier()
+    v39 = tl.load(scratch + 7 * C * HID + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 7 * C * HID + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v43 = (v40 + v42)
+        v48 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v43 - v48)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v49)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51 = v13
+        v77 = tl.trans(tl.dot(tl.trans(v51).to(DOT_DTYPE), tl.trans(v76).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v40 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v41 = tl.cumsum(v40, axis=0, reverse=False)
-    v42 = v41
-    v51 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v41[:, None] - v42[None, :])))))
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v51)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v46 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v47 = tl.cumsum(v46, axis=0, reverse=False)
-    v48 = v47
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = gate_eta
-    v53 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v47[:, None] - v48[None, :]))))) * v45[None, :])))
-    v54 = tl.dot(v51.to(DOT_DTYPE), tl.trans(v53).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v63 = k
-    v65 = tl.dot(q.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v66 = (v65 * v54)
-    v50 = tl.exp(v47)  # cumulative decay in the chunk
-    v55 = v50
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v56 = (v51 * v55[None, :])
-    v57 = tl.sum((v56), axis=1)
-    v60 = (q * v57[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v60)  # park
-    v44 = tl.exp(v41)  # cumulative decay in the chunk
-    v58 = (q * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v58)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v79 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v64 = v37
-        v67 = tl.dot(v66.to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v67)
+        v84 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v85 = (v77 + v79 + v84)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86_c0 = (0.5 * v49 * tl.full((), 1.4142135623730951, DTYPE))
+        v86 = (v85 * (0.5 + (0.5 * tl.math.erf(v86_c0)) + (v86_c0 * tl.exp(((-0.5) * (v49 * v49))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v58 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v60 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.zeros((C,), DTYPE)
+    v80 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v61 = tl.dot(v60.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v59 = tl.dot(v58.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v62 = (v59 + v61)
-        v67 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v68 = (v62 - v67)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69_c0 = (0.5 * v68)
-        v69 = (v69_c0 * (1.0 + tl.math.erf((v69_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-        v70 = (v69 * v44[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v70)
-    tl.debug_barrier()
-    v74 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v70 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v70.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v72 = (v69 * v57[:, None])
+        v87 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v88 = (v86 * v87)
+        v89 += tl.sum((v88), axis=1)
+        v49 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50_c0 = (0.5 * v49)
+        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v74 += tl.dot(v72.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v77 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v75 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v75)
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77 += tl.dot(v69.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v78 = (v77 * v54)
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 9 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v76 = v35
-    tl.store(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :], v76)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v80 = (v74 - v79)
-    v81 = tl.sum((v80), axis=1)
-    v82 = (v81 / (D))
-    v83 = (v80 - v82[:, None])
-    v84 = (v83 * v83)
-    v85 = tl.sum((v84), axis=1)
-    v86 = (v85 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v105 = ((-0.5) * v83 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v86[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v106 = tl.sum((v105), axis=1)
-    v107 = (v106 / (D))
-    v108 = (2.0 * v83 * v107[:, None])
-    v104 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v86[:, None])))))
-    v109 = (v104 + v108)
-    v110 = ((-1.0) * v109)
-    v111 = tl.sum((v110), axis=1)
-    v112 = (v111 / (D))
-    v113 = (v109 + v112[:, None])
-    tl.store(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v113)  # park
-    v114 = ((-1.0) * v113)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 9 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v115 = tl.trans(tl.dot(v76.to(DOT_DTYPE), tl.trans(v114).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v54 = tl.load(scratch + 9 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v116 = (v54 * v115)
-    tl.store(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v116)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v118 = (v113 * v57[:, None])
-    v123 = (v113 * v44[:, None])
-    tl.store(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v116 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v75 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v117 = tl.trans(tl.dot(tl.trans(v75).to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v117)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v119 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v119)
-    tl.debug_barrier()
-    v123 = tl.load(scratch + 9 * C * HID + 4 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v129 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v117 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v119 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v125 = (v117 + v119 + v124)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v126_c0 = (0.5 * v68 * tl.full((), 1.4142135623730951, DTYPE))
-        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v68 * v68))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v127 = tl.dot(q.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v128 = (v126 * v127)
-        v129 += tl.sum((v128), axis=1)
-    v120 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v120 += tl.dot(v69.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v113 = tl.load(scratch + 9 * C * HID + 3 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = (v113 * v120)
-    v122 = tl.sum((v121), axis=1)
-    v102 = tl.zeros((), DTYPE)
+        v80 += tl.dot(v50.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v81 = (local_6 * v80)
+    v82 = tl.sum((v81), axis=1)
+    v70 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v94 = (s2 * d_new_w2)
-        v102 += tl.sum(tl.sum((v94), axis=1), axis=0)
+        v61 = (s2 * d_new_w2)
+        v70 += tl.sum(tl.sum((v61), axis=1), axis=0)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v100 = (s1 * d_new_w1)
-        v102 += tl.sum(tl.sum((v100), axis=1), axis=0)
-    v103 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v102)
-    v130 = (v103 + v122 + v129)
-    v51 = tl.load(scratch + 9 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v131 = (v51 * v130[:, None])
-    v132 = tl.sum((v131), axis=0)
-    v133 = v132
-    v98 = tl.zeros((), DTYPE)
+        v68 = (s1 * d_new_w1)
+        v70 += tl.sum(tl.sum((v68), axis=1), axis=0)
+    v71 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v70)
+    v90 = (v71 + v82 + v89)
+    v32 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v91 = (v32 * v90[:, None])
+    v92 = tl.sum((v91), axis=0)
+    v93 = v92
+    v66 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v92 = (s2 * d_new_s2)
-        v98 += tl.sum(tl.sum((v92), axis=1), axis=0)
+        v58 = (s2 * d_new_s2)
+        v66 += tl.sum(tl.sum((v58), axis=1), axis=0)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v96 = (s1 * d_new_s1)
-        v98 += tl.sum(tl.sum((v96), axis=1), axis=0)
-    v99 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v98)
-    v134 = (v99 + v133)
-    v135 = (v134 * tl.exp(v47))
-    v136 = tl.cumsum(v135, axis=0, reverse=True)
-    v137 = (v136 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v137.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v64 = (s1 * d_new_s1)
+        v66 += tl.sum(tl.sum((v64), axis=1), axis=0)
+    v67 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v66)
+    v94 = (v67 + v93)
+    v95 = (v94 * tl.exp(v28))
+    v96 = tl.cumsum(v95, axis=0, reverse=True)
+    v97 = (v96 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v97.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5686,18 +4616,22 @@ def chunk_grad_gate_theta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v12, v50, v49, v61, v18, v26, v48
+    scratch = scratch_ptr + slot * (C * HID + C * D)  # v12, v29
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v43 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v44 = tl.cumsum(v43, axis=0, reverse=False)
-    v46 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v45 = v44
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v24 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v25 = tl.cumsum(v24, axis=0, reverse=False)
+    v27 = (v25 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v26 = v25
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = gate_eta
+    v23 = gate_eta
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v29 = k
+    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v41 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5706,83 +4640,42 @@ def chunk_grad_gate_theta_1_bwd_kernel(
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v50 = v13
-        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v26)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v51 = v35
-    v48 = k
-    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
-    v60 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v31 = v13
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v57 = ((-1.0) * d_new_s2)
-        v58 = tl.dot(v51.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v50 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v59 = (v50 * v58)
-        v60 += tl.sum((v59), axis=1)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v49 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v49)
-        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v61 = ((-1.0) * d_new_s1)
-        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
+        v38 = ((-1.0) * d_new_s2)
+        v39 = tl.dot(local_3.to(DOT_DTYPE), v38.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40 = (v31 * v39)
+        v41 += tl.sum((v40), axis=1)
     tl.debug_barrier()
-    v62 = tl.zeros((C, D), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v45 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v49 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v61 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v62 += tl.dot(v49.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v48 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v63 = (v48 * v62)
-    v64 = tl.sum((v63), axis=1)
-    v65 = (v60 + v64)
-    v66 = (v42 * v65)
-    v67 = (v41 * v66 * tl.exp((v47 - v45)))
-    v68 = tl.sum((v67), axis=0)
-    v69 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v68)
-    v70 = tl.cumsum(v69, axis=0, reverse=True)
-    v71 = (v70 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v30 = v18
+        d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v44 = ((-1.0) * d_new_s1)
+        v45 += tl.dot(v30.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v29 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = (v29 * v45)
+    v47 = tl.sum((v46), axis=1)
+    v53 = (v41 + v47)
+    v54 = (v23 * v53)
+    v55 = (v22 * v54 * tl.exp((v28 - v26)))
+    v56 = tl.sum((v55), axis=0)
+    v57 = (tl.where(offs_t == nv - 1, 1.0, 0.0) * v56)
+    v58 = tl.cumsum(v57, axis=0, reverse=True)
+    v59 = (v58 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v59.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -5816,243 +4709,184 @@ def chunk_grad_gate_theta_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v70, v73, v74, v75, v76, v81, v120, v122, v18, v35, v56, v59, v69, v71, v66, v64, v83, v82, v117, v123, v133
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v51, v54, v48, v55, v57, v81, v88, v37, v40, v50, v52, v53, v47, v45, v77, v79, v90, v94
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v25 = v24
+    v37 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v37)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v33 = tl.cumsum(v32, axis=0, reverse=False)
+    v34 = v33
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v31 = gate_eta
+    v39 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
+    v40 = tl.dot(v37.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v50 = k
+    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    v52 = tl.dot(q.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v52)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = (v52 * v40)
+    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v36 = tl.exp(v33)  # cumulative decay in the chunk
+    v41 = v36
+    tl.debug_barrier()  # parked tiles other threads stored
+    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v42 = (v37 * v41[None, :])
+    v43 = tl.sum((v42), axis=1)
+    v47 = (q * v43[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    v30 = tl.exp(v24)  # cumulative decay in the chunk
+    v45 = (q * v30[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v77 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v77)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v40 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v79 = (v40 * v77)
+    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v79)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v51 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v79 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v46 = tl.dot(v45.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v48 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v46 + v48)
+        v54 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55 = (v49 - v54)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v55)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
+        v81 = tl.trans(tl.dot(tl.trans(v57).to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v56 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v56)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v58 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    v59 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v69 = k
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    v71 = tl.dot(q.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v71)  # park
-    v72 = (v71 * v59)
-    v55 = tl.exp(v52)  # cumulative decay in the chunk
-    v60 = v55
-    tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v61 = (v56 * v60[None, :])
-    v62 = tl.sum((v61), axis=1)
-    v66 = (q * v62[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v64 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v64)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v70 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v70)
-        v73 = tl.dot(v72.to(DOT_DTYPE), v70.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v73)
-    tl.debug_barrier()
-    v64 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v65 = tl.dot(v64.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = (v65 + v67)
-        v73 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = (v68 - v73)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v74)
-        v75_c0 = (0.5 * v74)
-        v75 = (v75_c0 * (1.0 + tl.math.erf((v75_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
-        v76 = (v75 * v49[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-    tl.debug_barrier()
-    v80 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v76 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v80 += tl.dot(v76.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 = (v75 * v62[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v80 += tl.dot(v78.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v81 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v81)
-        v75 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v83 += tl.dot(v75.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v84 = (v83 * v59)
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v82 = v35
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v82)  # park
-    v85 = tl.dot(v84.to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v86 = (v80 - v85)
-    v87 = tl.sum((v86), axis=1)
-    v88 = (v87 / (D))
-    v89 = (v86 - v88[:, None])
-    v90 = (v89 * v89)
-    v91 = tl.sum((v90), axis=1)
-    v92 = (v91 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v107 = ((-0.5) * v89 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v92[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-    v108 = tl.sum((v107), axis=1)
-    v109 = (v108 / (D))
-    v110 = (2.0 * v89 * v109[:, None])
-    v106 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v92[:, None])))))
-    v111 = (v106 + v110)
-    v112 = ((-1.0) * v111)
-    v113 = tl.sum((v112), axis=1)
-    v114 = (v113 / (D))
-    v115 = (v111 + v114[:, None])
-    v116 = ((-1.0) * v115)
-    v117 = tl.trans(tl.dot(v82.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v117)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v118 = (v59 * v117)
-    v121 = (v115 * v62[:, None])
-    v123 = (v115 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v123)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v120 = tl.trans(tl.dot(tl.trans(v81).to(DOT_DTYPE), tl.trans(v118).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v120)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v122 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v121).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v122)
-    tl.debug_barrier()
-    v123 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v83 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v124 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v120 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v122 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v125 = (v120 + v122 + v124)
-        v74 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v126_c0 = (0.5 * v74 * tl.full((), 1.4142135623730951, DTYPE))
-        v126 = (v125 * (0.5 + (0.5 * tl.math.erf(v126_c0)) + (v126_c0 * tl.exp(((-0.5) * (v74 * v74))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v127 = ((-1.0) * v126)
-        v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v128 += tl.trans(tl.dot(v70.to(DOT_DTYPE), tl.trans(v127).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v71 * v128)
-    v83 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v117 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v119 = (v83 * v117)
-    v132 = (v119 + v129)
-    v56 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v133 = tl.trans(tl.dot(tl.trans(v56).to(DOT_DTYPE), v132.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v133)  # park
+        v85 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v81 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v86 = (v81 + v83 + v85)
+        v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v87_c0 = (0.5 * v55 * tl.full((), 1.4142135623730951, DTYPE))
+        v87 = (v86 * (0.5 + (0.5 * tl.math.erf(v87_c0)) + (v87_c0 * tl.exp(((-0.5) * (v55 * v55))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v88 = ((-1.0) * v87)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v88)
+    tl.debug_barrier()
+    v89 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v88 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v89 += tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v88).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = (v52 * v89)
+    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
+    v59 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v55 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v56_c0 = (0.5 * v55)
+        v56 = (v56_c0 * (1.0 + tl.math.erf((v56_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v57).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v101 = tl.zeros((C,), DTYPE)
-    v103 = tl.zeros((C, D), DTYPE)
+    v77 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v80 = (v59 * v77)
+    v90 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = (v80 + v90)
+    v37 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v94 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), v93.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v94)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v69 = tl.zeros((C,), DTYPE)
+    v72 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v98 = ((-1.0) * d_new_w2)
-        v99 = tl.dot(v82.to(DOT_DTYPE), v98.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v100 = (v81 * v99)
-        v101 += tl.sum((v100), axis=1)
+        v66 = ((-1.0) * d_new_w2)
+        v67 = tl.dot(local_3.to(DOT_DTYPE), v66.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v68 = (v57 * v67)
+        v69 += tl.sum((v68), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v102 = ((-1.0) * d_new_w1)
-        v70 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v103 += tl.dot(v70.to(DOT_DTYPE), v102.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v69 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v104 = (v69 * v103)
-    v105 = tl.sum((v104), axis=1)
-    v130 = (v101 + v105)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v63 = v48
-    v131 = (v63[None, :] * v130[:, None])
-    v133 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v134 = (v131 + v133)
-    v135 = tl.trans(v134)
-    v136 = (v50[None, :] * v135)
-    v137 = (v136 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-    v138 = tl.sum((v137), axis=1)
-    v139 = tl.cumsum(v138, axis=0, reverse=True)
-    v140 = (v139 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v140.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v71 = ((-1.0) * d_new_w1)
+        v51 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v72 += tl.dot(v51.to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v50 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = (v50 * v72)
+    v74 = tl.sum((v73), axis=1)
+    v91 = (v69 + v74)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
+    v44 = v29
+    v92 = (v44[None, :] * v91[:, None])
+    v94 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v95 = (v92 + v94)
+    v96 = tl.trans(v95)
+    v97 = (v31[None, :] * v96)
+    v98 = (v97 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
+    v99 = tl.sum((v98), axis=1)
+    v100 = tl.cumsum(v99, axis=0, reverse=True)
+    v101 = (v100 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v101.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_theta_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_gate_theta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6086,268 +4920,209 @@ def chunk_grad_gate_theta_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (10 * C * HID + 4 * C * BV + 6 * C * C + 3 * C * D)  # v12, v13, v72, v75, v76, v77, v78, v83, v130, v132, v18, v35, v58, v61, v71, v73, v68, v66, v85, v84, v127, v133, v145
+    scratch = scratch_ptr + slot * (8 * C * HID + 8 * C * C + 3 * C * D)  # v12, v53, v56, v50, v57, v59, v91, v98, v39, v42, v52, v54, v55, v49, v47, v87, v89, v100, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v24 = tl.cumsum(v23, axis=0, reverse=False)
+    v25 = v24
+    v39 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v24[:, None] - v25[None, :])))))
+    tl.store(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :], v39)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v32 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v33 = tl.cumsum(v32, axis=0, reverse=False)
+    v34 = v33
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v31 = gate_eta
+    v41 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))) * v31[None, :])))
+    v42 = tl.dot(v39.to(DOT_DTYPE), tl.trans(v41).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v52 = k
+    tl.store(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    v54 = tl.dot(q.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v42 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = (v54 * v42)
+    tl.store(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v55)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v38 = tl.exp(v33)  # cumulative decay in the chunk
+    v43 = v38
+    tl.debug_barrier()  # parked tiles other threads stored
+    v39 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v44 = (v39 * v43[None, :])
+    v45 = tl.sum((v44), axis=1)
+    v49 = (q * v45[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v49)  # park
+    v30 = tl.exp(v24)  # cumulative decay in the chunk
+    v47 = (q * v30[:, None])
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v87 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v42 = tl.load(scratch + 8 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = (v42 * v87)
+    tl.store(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v89)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v53 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v53)
+    tl.debug_barrier()
+    v49 = tl.load(scratch + 8 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v55 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v56 = tl.dot(v55.to(DOT_DTYPE), v53.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v50 = tl.dot(v49.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 8 * C * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 8 * C * HID + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v48 = tl.dot(v47.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v51 = (v48 + v50)
+        v56 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = (v51 - v56)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v59)
+        v91 = tl.trans(tl.dot(tl.trans(v59).to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 10 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v58 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v58)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v60 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    v61 = tl.dot(v58.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v61)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v71 = k
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v71)  # park
-    v73 = tl.dot(q.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v73)  # park
-    v74 = (v73 * v61)
-    v57 = tl.exp(v52)  # cumulative decay in the chunk
-    v62 = v57
-    tl.debug_barrier()  # parked tiles other threads stored
-    v58 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v63 = (v58 * v62[None, :])
-    v64 = tl.sum((v63), axis=1)
-    v68 = (q * v64[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v68)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v66 = (q * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v66)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v72 = v37
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
-        v75 = tl.dot(v74.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v75)
-    tl.debug_barrier()
-    v66 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v68 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v69 = tl.dot(v68.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v67 = tl.dot(v66.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v70 = (v67 + v69)
-        v75 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v76 = (v70 - v75)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
-        v77_c0 = (0.5 * v76)
-        v77 = (v77_c0 * (1.0 + tl.math.erf((v77_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-        v78 = (v77 * v49[:, None])
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v78)
-    tl.debug_barrier()
-    v82 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v78 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v82 += tl.dot(v78.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v77 * v64[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v82 += tl.dot(v80.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v83 = v13
-        tl.store(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v83)
-        v77 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v85 += tl.dot(v77.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v86 = (v85 * v61)
-    v35 = tl.load(scratch + 10 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v84 = v35
-    tl.store(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v84)  # park
-    v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v88 = (v82 - v87)
-    v89 = tl.sum((v88), axis=1)
-    v90 = (v89 / (D))
-    v91 = (v88 - v90[:, None])
-    v92 = (v91 * v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v91 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v94[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v91 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v94[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    v127 = tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v127)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 10 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v128 = (v61 * v127)
-    v131 = (v125 * v64[:, None])
-    v133 = (v125 * v49[:, None])
-    tl.store(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v133)  # park
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v83).to(DOT_DTYPE), tl.trans(v128).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v132 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v131).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v132)
-    tl.debug_barrier()
-    v133 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v138 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v93 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v132 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v135 = (v130 + v132 + v134)
-        v76 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v136_c0 = (0.5 * v76 * tl.full((), 1.4142135623730951, DTYPE))
-        v136 = (v135 * (0.5 + (0.5 * tl.math.erf(v136_c0)) + (v136_c0 * tl.exp(((-0.5) * (v76 * v76))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v137 = ((-1.0) * v136)
-        v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v138 += tl.trans(tl.dot(v72.to(DOT_DTYPE), tl.trans(v137).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v139 = (v73 * v138)
-    v85 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v127 = tl.load(scratch + 10 * C * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v85 * v127)
-    v144 = (v129 + v139)
-    v58 = tl.load(scratch + 10 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v145 = tl.trans(tl.dot(tl.trans(v58).to(DOT_DTYPE), v144.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v145)  # park
+        v95 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v96 = (v91 + v93 + v95)
+        v57 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v97_c0 = (0.5 * v57 * tl.full((), 1.4142135623730951, DTYPE))
+        v97 = (v96 * (0.5 + (0.5 * tl.math.erf(v97_c0)) + (v97_c0 * tl.exp(((-0.5) * (v57 * v57))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v98 = ((-1.0) * v97)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v98)
+    tl.debug_barrier()
+    v99 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v98 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 += tl.trans(tl.dot(v53.to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v100 = (v54 * v99)
+    tl.store(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v100)  # park
+    v61 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v57 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58_c0 = (0.5 * v57)
+        v58 = (v58_c0 * (1.0 + tl.math.erf((v58_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v61 += tl.dot(v58.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.zeros((C,), DTYPE)
-    v113 = tl.zeros((C, D), DTYPE)
+    v87 = tl.load(scratch + 8 * C * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v90 = (v61 * v87)
+    v100 = tl.load(scratch + 8 * C * HID + 6 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v105 = (v90 + v100)
+    v39 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v106 = tl.trans(tl.dot(tl.trans(v39).to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :], v106)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v75 = tl.zeros((C,), DTYPE)
+    v82 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_w2)
-        v105 = tl.dot(v84.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v106 = (v83 * v105)
-        v107 += tl.sum((v106), axis=1)
+        v72 = ((-1.0) * d_new_w2)
+        v73 = tl.dot(local_3.to(DOT_DTYPE), v72.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v59 * v73)
+        v75 += tl.sum((v74), axis=1)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v112 = ((-1.0) * d_new_w1)
-        v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v113 += tl.dot(v72.to(DOT_DTYPE), v112.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v71 * v113)
-    v115 = tl.sum((v114), axis=1)
-    v142 = (v107 + v115)
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v65 = v48
-    v143 = (v65[None, :] * v142[:, None])
-    v145 = tl.load(scratch + 10 * C * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v146 = (v143 + v145)
-    v147 = tl.trans(v146)
-    v148 = (v50[None, :] * v147)
-    v150 = ((-1.0) * v148 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))
-    v151 = tl.sum((v150), axis=0)
-    v103 = tl.zeros((C,), DTYPE)
-    v109 = tl.zeros((C, D), DTYPE)
+        v81 = ((-1.0) * d_new_w1)
+        v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v82 += tl.dot(v53.to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v83 = (v52 * v82)
+    v84 = tl.sum((v83), axis=1)
+    v103 = (v75 + v84)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v27 = (v24 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v28 = tl.sum((v27), axis=0)
+    v29 = (v22 * tl.exp((v28 - v25)))  # decay from token s to the chunk's end
+    v46 = v29
+    v104 = (v46[None, :] * v103[:, None])
+    v106 = tl.load(scratch + 8 * C * HID + 7 * C * C + 3 * C * D + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v107 = (v104 + v106)
+    v108 = tl.trans(v107)
+    v109 = (v31[None, :] * v108)
+    v111 = ((-1.0) * v109 * (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v33[:, None] - v34[None, :]))))
+    v112 = tl.sum((v111), axis=0)
+    v70 = tl.zeros((C,), DTYPE)
+    v78 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v100 = ((-1.0) * d_new_s2)
-        v101 = tl.dot(v84.to(DOT_DTYPE), v100.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v83 = tl.load(scratch + 7 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v102 = (v83 * v101)
-        v103 += tl.sum((v102), axis=1)
+        v67 = ((-1.0) * d_new_s2)
+        v68 = tl.dot(local_3.to(DOT_DTYPE), v67.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v69 = (v59 * v68)
+        v70 += tl.sum((v69), axis=1)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v108 = ((-1.0) * d_new_s1)
-        v72 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v109 += tl.dot(v72.to(DOT_DTYPE), v108.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v71 = tl.load(scratch + 10 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v110 = (v71 * v109)
-    v111 = tl.sum((v110), axis=1)
-    v140 = (v103 + v111)
-    v141 = (v50 * v140)
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v149 = ((-1.0) * v41 * v141 * tl.exp((v56 - v53)))
-    v152 = (v149 + v151)
-    v153 = v152
-    v154 = tl.cumsum(v153, axis=0, reverse=True)
-    v155 = (v154 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v155.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v77 = ((-1.0) * d_new_s1)
+        v53 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 += tl.dot(v53.to(DOT_DTYPE), v77.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v52 = tl.load(scratch + 8 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v79 = (v52 * v78)
+    v80 = tl.sum((v79), axis=1)
+    v101 = (v70 + v80)
+    v102 = (v31 * v101)
+    v36 = (v33 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v37 = tl.sum((v36), axis=0)
+    v110 = ((-1.0) * v22 * v102 * tl.exp((v37 - v34)))
+    v113 = (v110 + v112)
+    v114 = v113
+    v115 = tl.cumsum(v114, axis=0, reverse=True)
+    v116 = (v115 * tl.where((tl.full((), -1e-30, DTYPE) + gate_theta) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta)))
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v116.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6381,149 +5156,118 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * D + 4 * C * C + C * BV)  # v61, v12, v13, v68, v69, v57, v50, v59, v64, v53, v65, v35
+    scratch = scratch_ptr + slot * (4 * C * HID + 2 * C * D + 4 * C * C)  # v43, v12, v45, v50, v39, v32, v41, v46, v35, v47
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v40 = tl.cumsum(v39, axis=0, reverse=False)
-    v43 = tl.exp(v40)  # cumulative decay in the chunk
-    v57 = (q * v43[:, None])
-    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_i[None, :], v57)  # park
-    v41 = v40
-    v50 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v40[:, None] - v41[None, :])))))
-    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v50)  # park
+    v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v22 = tl.cumsum(v21, axis=0, reverse=False)
+    v25 = tl.exp(v22)  # cumulative decay in the chunk
+    v39 = (q * v25[:, None])
+    tl.store(scratch + 4 * C * HID + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    v23 = v22
+    v32 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v22[:, None] - v23[None, :])))))
+    tl.store(scratch + 4 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :], v32)  # park
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v45 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v46 = tl.cumsum(v45, axis=0, reverse=False)
-    v49 = tl.exp(v46)  # cumulative decay in the chunk
-    v54 = v49
-    v55 = (v50 * v54[None, :])
-    v56 = tl.sum((v55), axis=1)
-    v59 = (q * v56[:, None])
-    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v59)  # park
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v31 = tl.exp(v28)  # cumulative decay in the chunk
+    v36 = v31
+    v37 = (v32 * v36[None, :])
+    v38 = tl.sum((v37), axis=1)
+    v41 = (q * v38[:, None])
+    tl.store(scratch + 4 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :], v41)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = k
-    v64 = tl.dot(q.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 5 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v64)  # park
-    v47 = v46
+    v44 = k
+    v46 = tl.dot(q.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 4 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    v29 = v28
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v44 = gate_eta
-    v52 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v46[:, None] - v47[None, :]))))) * v44[None, :])))
+    v26 = gate_eta
+    v34 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :]))))) * v26[None, :])))
     tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v53 = tl.dot(v50.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    v32 = tl.load(scratch + 4 * C * HID + C * D + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v35 = tl.dot(v32.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v64 = tl.load(scratch + 5 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v65 = (v64 * v53)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    v46 = tl.load(scratch + 4 * C * HID + 2 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v47 = (v46 * v35)
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v59 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 4 * C * HID + C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40 = tl.dot(v39.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v60 = tl.dot(v59.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = (v58 + v60)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v61)
+        v42 = tl.dot(v41.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = (v40 + v42)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v14 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v18 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v19_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v19 = (v18 * (0.5 + (0.5 * tl.math.erf(v19_c0)) + (v19_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v45 = v19
+        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v45)
+    tl.debug_barrier()
+    v47 = tl.load(scratch + 4 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v55 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v45 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v48 = tl.dot(v47.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v49 = (v43 - v48)
+        v50_c0 = (0.5 * v49)
+        v50 = (v50_c0 * (1.0 + tl.math.erf((v50_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
+        v51 = (v50 * v25[:, None])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v55 += tl.dot(v51.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v53 = (v50 * v38[:, None])
+        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v55 += tl.dot(v53.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v58 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 5 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 5 * C * HID + 2 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v63 = v37
-        v66 = tl.dot(v65.to(DOT_DTYPE), v63.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v61 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v67 = (v61 - v66)
-        v68_c0 = (0.5 * v67)
-        v68 = (v68_c0 * (1.0 + tl.math.erf((v68_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
-        v69 = (v68 * v43[:, None])
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
-    tl.debug_barrier()
-    v73 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v69 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v69.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v71 = (v68 * v56[:, None])
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v73 += tl.dot(v71.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v76 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v74 = v13
-        v68 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v76 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v74).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v77 = (v76 * v53)
-    v35 = tl.load(scratch + 5 * C * HID + 2 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v75 = v35
-    v78 = tl.dot(v77.to(DOT_DTYPE), v75.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v79 = (v73 - v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v79 - v81[:, None])
-    v83 = (v82 * v82)
-    v84 = tl.sum((v83), axis=1)
-    v85 = (v84 / (D))
+        v56 = v13
+        v50 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v58 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v35 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = (v58 * v35)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v60 = tl.dot(v59.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v61 = (v55 - v60)
+    v62 = tl.sum((v61), axis=1)
+    v63 = (v62 / (D))
+    v64 = (v61 - v63[:, None])
+    v65 = (v64 * v64)
+    v66 = tl.sum((v65), axis=1)
+    v67 = (v66 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v91 = (v82 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v85[:, None])))))
-    v92 = tl.sum((v91), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v92.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v75 = (v64 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v67[:, None])))))
+    v76 = tl.sum((v75), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v76.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6557,293 +5301,213 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 8 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v153 = ((-0.5) * v18 * v25 * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = tl.sum((v153), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v154.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (2.0 * local_0 * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v115 = ((-0.5) * local_0 * local_1 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v116 = tl.sum((v115), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v116.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -6877,289 +5541,210 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 8 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v25, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v25)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v25 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (v25 * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v151 = tl.sum((v150), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v151.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (local_1 * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v113 = tl.sum((v112), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v113.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7193,294 +5778,215 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = (v18 * v155 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v157 = tl.sum((v156), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v157.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (2.0 * local_0 * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v117 = (v115 + v116)
+    v118 = (local_0 * v117 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v119 = tl.sum((v118), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v119.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7514,12 +6020,12 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v17 = tl.sum((d_out), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v17.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v23 = tl.sum((d_out), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v23.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, starts_s1_ptr, starts_s2_ptr, carries_w1_ptr, carries_w2_ptr, carries_s1_ptr, carries_s2_ptr, q_ptr, k_ptr, v_ptr, gate_alpha_ptr, gate_eta_ptr, gate_theta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, local_8_ptr, local_9_ptr, local_10_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -7553,286 +6059,207 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * C + 5 * C * D)  # v12, v13, v79, v80, v81, v82, v87, v130, v134, v140, v113, v143, v105, v104, v18, v35, v59, v61, v62, v75, v78, v72, v70, v90, v126, v129, v135, v114, v111, v128, v144, v109
+    scratch = scratch_ptr + slot * (11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + C * BV)  # v12, v61, v64, v58, v65, v66, v92, v101, v102, v86, v81, v78, v77, v44, v46, v47, v60, v63, v57, v55, v91, v85, v82, v106
+    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
+    v28 = tl.cumsum(v27, axis=0, reverse=False)
+    v29 = v28
+    v44 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v28[:, None] - v29[None, :])))))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :], v44)  # park
+    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v36 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
+    v37 = tl.cumsum(v36, axis=0, reverse=False)
+    v38 = v37
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v35 = gate_eta
+    v46 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v37[:, None] - v38[None, :]))))) * v35[None, :])))
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :], v46)  # park
+    v47 = tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v47)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v14 = tl.zeros((C, BV), DTYPE)
+    v60 = k
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v60)  # park
+    v62 = tl.dot(q.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = (v62 * v47)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v43 = tl.exp(v37)  # cumulative decay in the chunk
+    v48 = v43
+    tl.debug_barrier()  # parked tiles other threads stored
+    v44 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v49 = (v44 * v48[None, :])
+    v50 = tl.sum((v49), axis=1)
+    v57 = (q * v50[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v57)  # park
+    v34 = tl.exp(v28)  # cumulative decay in the chunk
+    v55 = (q * v34[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v55)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v89 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_7).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v47 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = (v47 * v89)
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v31 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v32 = tl.sum((v31), axis=0)
+    v33 = (v26 * tl.exp((v32 - v29)))  # decay from token s to the chunk's end
+    v51 = v33
+    tl.debug_barrier()  # parked tiles other threads stored
+    v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
+    v52 = (v46 * v51[None, :])
+    v53 = tl.sum((v52), axis=1)
+    v60 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = (v60 * v53[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    v40 = (v37 * tl.where(offs_t == nv - 1, 1.0, 0.0))
+    v41 = tl.sum((v40), axis=0)
+    v42 = (v26 * tl.exp((v41 - v38)))  # decay from token s to the chunk's end
+    v54 = (v42 * v35)
+    v82 = (v60 * v54[:, None])
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v12 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v12)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v21 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v22_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v22 = (v21 * (0.5 + (0.5 * tl.math.erf(v22_c0)) + (v22_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v61 = v22
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v61)
+    tl.debug_barrier()
+    v57 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v61 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v64 = tl.dot(v63.to(DOT_DTYPE), v61.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
+    tl.debug_barrier()
+    v55 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v56 = tl.dot(v55.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v59 = (v56 + v58)
+        v64 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v65 = (v59 - v64)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v13_c0 = (0.5 * v12)
         v13 = (v13_c0 * (1.0 + tl.math.erf((v13_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v13)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v14 += tl.dot(v13.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = v13
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v66)
+        v92 = tl.trans(tl.dot(tl.trans(v66).to(DOT_DTYPE), tl.trans(v91).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v16 = tl.sum((v14), axis=1)
-    v17 = (v16 / (D))
-    v18 = (v14 - v17[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
-    v19 = (v18 * v18)
-    v20 = tl.sum((v19), axis=1)
-    v21 = (v20 / (D))
-    v22 = (ln_bias[None, :] + (v18 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None]))))))
-    v23 = k
-    v24 = (v22 + v23)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v25 = (v24 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v28 = tl.sum((v27), axis=1)
-    v29 = (v28 / (D))
-    v30 = (2.0 * v18 * v29[:, None])
-    v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v31 = (v26 + v30)
-    v32 = ((-1.0) * v31)
-    v33 = tl.sum((v32), axis=1)
-    v34 = (v33 / (D))
-    v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
-    gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
-    v43 = tl.cumsum(v42, axis=0, reverse=False)
-    v44 = v43
-    v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
-    v52 = tl.cumsum(v51, axis=0, reverse=False)
-    v53 = v52
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v50 = gate_eta
-    v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :], v61)  # park
-    v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v75 = k
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v75)  # park
-    v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v78 = (v77 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :], v78)  # park
-    v58 = tl.exp(v52)  # cumulative decay in the chunk
-    v63 = v58
-    tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
-    v64 = (v59 * v63[None, :])
-    v65 = tl.sum((v64), axis=1)
-    v72 = (q * v65[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
-    v49 = tl.exp(v43)  # cumulative decay in the chunk
-    v70 = (q * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_10 = tl.load(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v36 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v37_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v37 = (v36 * (0.5 + (0.5 * tl.math.erf(v37_c0)) + (v37_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v76 = v37
-        v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v70 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        s1 = tl.load(starts_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v73 = tl.dot(v72.to(DOT_DTYPE), tl.trans(s1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v71 = tl.dot(v70.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v74 = (v71 + v73)
-        v79 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 = (v74 - v79)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v80)
-        v81_c0 = (0.5 * v80)
-        v81 = (v81_c0 * (1.0 + tl.math.erf((v81_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v81)
-        v82 = (v81 * v49[:, None])
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v82)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v82 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84 = (v81 * v65[:, None])
         s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(s2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v89 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v13 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v87 = v13
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v87)
-        v81 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v90 = (v89 * v62)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v90)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v88 = v35
-    v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v92 = (v86 - v91)
-    v93 = tl.sum((v92), axis=1)
-    v94 = (v93 / (D))
-    v95 = (v92 - v94[:, None])
-    v96 = (v95 * v95)
-    v97 = tl.sum((v96), axis=1)
-    v98 = (v97 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v117 = ((-0.5) * v95 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v98[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v118 = tl.sum((v117), axis=1)
-    v119 = (v118 / (D))
-    v120 = (2.0 * v95 * v119[:, None])
-    v116 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v98[:, None])))))
-    v121 = (v116 + v120)
-    v122 = ((-1.0) * v121)
-    v123 = tl.sum((v122), axis=1)
-    v124 = (v123 / (D))
-    v125 = (v121 + v124[:, None])
-    v126 = ((-1.0) * v125)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v126)  # park
-    v127 = tl.trans(tl.dot(v88.to(DOT_DTYPE), tl.trans(v126).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v129 = (v62 * v127)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v129)  # park
-    v133 = (v125 * v65[:, None])
-    v135 = (v125 * v49[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v135)  # park
-    v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v46 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v47 = tl.sum((v46), axis=0)
-    v48 = (v41 * tl.exp((v47 - v44)))  # decay from token s to the chunk's end
-    v66 = v48
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + C * C + offs_s[:, None] * C + offs_u[None, :])  # parked
-    v67 = (v61 * v66[None, :])
-    v68 = tl.sum((v67), axis=1)
-    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = (v75 * v68[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v114)  # park
-    v55 = (v52 * tl.where(offs_t == nv - 1, 1.0, 0.0))
-    v56 = tl.sum((v55), axis=0)
-    v57 = (v41 * tl.exp((v56 - v53)))  # decay from token s to the chunk's end
-    v69 = (v57 * v50)
-    v111 = (v75 * v69[:, None])
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v111)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v126 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v126.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v128)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v129 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 5 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v130 = tl.trans(tl.dot(tl.trans(v87).to(DOT_DTYPE), tl.trans(v129).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v130)
-        s2 = tl.load(starts_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v134 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v134)
-    tl.debug_barrier()
-    v78 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 2 * C * BV + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v135 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v96 = tl.trans(tl.dot(tl.trans(s2).to(DOT_DTYPE), tl.trans(local_9).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v136 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v130 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v137 = (v130 + v134 + v136)
-        v80 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v138_c0 = (0.5 * v80 * tl.full((), 1.4142135623730951, DTYPE))
-        v138 = (v137 * (0.5 + (0.5 * tl.math.erf(v138_c0)) + (v138_c0 * tl.exp(((-0.5) * (v80 * v80))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v139 = ((-1.0) * v138)
-        v140 = tl.dot(tl.trans(v78).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
+        v98 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_10).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v92 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v99 = (v92 + v96 + v98)
+        v65 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100_c0 = (0.5 * v65 * tl.full((), 1.4142135623730951, DTYPE))
+        v100 = (v99 * (0.5 + (0.5 * tl.math.erf(v100_c0)) + (v100_c0 * tl.exp(((-0.5) * (v65 * v65))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v101 = ((-1.0) * v100)
+        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v101)
+    tl.debug_barrier()
+    v63 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 3 * C * C + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v85 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v101 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = tl.dot(tl.trans(v63).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v102)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v113 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v113)
-    tl.debug_barrier()
-    v111 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v114 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v113 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v115 = tl.dot(v114.to(DOT_DTYPE), tl.trans(v113).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v84 = ((-1.0) * d_new_w1)
+        v86 = tl.dot(v85.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v86)
         d_new_s1 = tl.load(carries_s1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v110 = ((-1.0) * d_new_s1)
-        v112 = tl.dot(v111.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v140 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v141 = (v112 + v115 + v140)
-        v142 = v141
-        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v143_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
-        v143 = (v142 * (0.5 + (0.5 * tl.math.erf(v143_c0)) + (v143_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v143)
+        v81 = ((-1.0) * d_new_s1)
+        tl.store(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :], v81)
     tl.debug_barrier()
-    v144 = tl.zeros((C, BV), DTYPE)
-    v109 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v143 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-        v144 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v143).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v87 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v108 = (v87 * v68[:, None])
-        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v107 = ((-1.0) * d_new_w2)
-        v109 += tl.dot(v108.to(DOT_DTYPE), tl.trans(v107).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v105 = (v87 * v69[:, None])
-        tl.store(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v105)
-        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v104 = ((-1.0) * d_new_s2)
-        tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v104)
-    tl.debug_barrier()
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v144)  # park
-    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :], v109)  # park
+    v82 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
     v106 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v105 = tl.load(scratch + 11 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-        v104 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-        v106 += tl.dot(v105.to(DOT_DTYPE), tl.trans(v104).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81 = tl.load(scratch + 10 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v83 = tl.dot(v82.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86 = tl.load(scratch + 9 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v102 = tl.load(scratch + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v103 = (v83 + v86 + v102)
+        v104 = v103
+        v12 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v105_c0 = (0.5 * v12 * tl.full((), 1.4142135623730951, DTYPE))
+        v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v12 * v12))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v106 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v105).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v78 = (v66 * v53[:, None])
+        tl.store(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v78)
+        d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v77 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v77)
+    tl.debug_barrier()
+    tl.store(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    v79 = tl.zeros((C, BV), DTYPE)
+    v75 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v78 = tl.load(scratch + 10 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v77 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v79 += tl.dot(v78.to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v74 = (v66 * v54[:, None])
+        d_new_s2 = tl.load(carries_s2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v73 = ((-1.0) * d_new_s2)
+        v75 += tl.dot(v74.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v93 = (v75 + v79 + local_8)
+    v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * C + 5 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v131 = (v106 + v109 + v128)
-    v132 = v131
-    v144 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v145 = (v132 + v144)
-    v146 = tl.sum((v145), axis=1)
-    v147 = (v146 / (D))
-    v148 = ((-1.0) * v147)
-    v149 = (v145 + v148[:, None])
-    v18 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v150 = (2.0 * v18 * v149)
-    v151 = tl.sum((v150), axis=1)
-    v152 = (v151 / (D))
-    v153 = ((-0.5) * v18 * ln_weight[None, :] * v152[:, None] / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v154 = (ln_weight[None, :] * v149 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
-    v155 = (v153 + v154)
-    v156 = tl.sum((v155), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v156.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v106 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + 5 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v107 = (v94 + v106)
+    v108 = tl.sum((v107), axis=1)
+    v109 = (v108 / (D))
+    v110 = ((-1.0) * v109)
+    v111 = (v107 + v110[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v112 = (2.0 * local_0 * v111)
+    v113 = tl.sum((v112), axis=1)
+    v114 = (v113 / (D))
+    v16 = (local_0 * local_0)
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    v115 = ((-0.5) * local_0 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v18[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v116 = (ln_weight[None, :] * v111 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v18[:, None])))))
+    v117 = (v115 + v116)
+    v118 = tl.sum((v117), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v118.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

@@ -48,6 +48,20 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                          'value_blocks': 'none',
                          'tiles': 7.0,
                          'sub_chunks': False},
+             'local_bwd': {'grid': 'chunks',
+                           'scratch': [['t', 'h'],
+                                       ['t', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'h'],
+                                       ['s', 'h'],
+                                       ['t', 'o'],
+                                       ['t', 's'],
+                                       ['t', 'o'],
+                                       ['t', 's']],
+                           'value_blocks': 'none',
+                           'tiles': 10.0,
+                           'sub_chunks': False},
              'state_bwd': {'grid': 'sequences',
                            'scratch': [['t', 'h'],
                                        ['t', 'h'],
@@ -55,7 +69,6 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
-                                       ['t', 'h'],
                                        ['t', 'h'],
                                        ['h', 'i'],
                                        ['s', 'h'],
@@ -66,25 +79,16 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['s', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
+                                       ['t', 'h'],
                                        ['o', 'h'],
                                        ['o', 'h'],
                                        ['s', 'i'],
                                        ['t', 's'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['s', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 's'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
-                                       ['t', 'o'],
                                        ['t', 's'],
                                        ['s', 'i'],
-                                       ['s', 'o'],
-                                       ['s', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -93,7 +97,7 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'o'],
                                        ['t', 'o']],
                            'value_blocks': 'none',
-                           'tiles': 17.5,
+                           'tiles': 16.0,
                            'sub_chunks': False},
              'grad_q_0_bwd': {'grid': 'chunks',
                               'scratch': [],
@@ -102,101 +106,71 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                               'sub_chunks': False},
              'grad_q_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
-                                          ['s', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 's'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 7.0,
+                              'tiles': 6.0,
                               'sub_chunks': False},
              'grad_q_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o'],
-                                          ['t', 'o']],
+                                          ['t', 's'],
+                                          ['t', 's']],
                               'value_blocks': 'none',
-                              'tiles': 7.0,
+                              'tiles': 5.0,
                               'sub_chunks': False},
              'grad_k_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['s', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
+                                          ['t', 's'],
+                                          ['t', 's'],
                                           ['s', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 7.0,
+                              'tiles': 6.0,
                               'sub_chunks': False},
              'grad_k_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'i'],
-                                          ['s', 'o']],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 10.0,
+                              'tiles': 6.5,
                               'sub_chunks': False},
              'grad_k_2_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['h', 'i'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['o', 'h'],
-                                          ['s', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
+                                          ['s', 'h'],
                                           ['s', 'i'],
                                           ['t', 's'],
-                                          ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'o'],
-                                          ['t', 's'],
-                                          ['s', 'o'],
-                                          ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
                                           ['t', 'o'],
@@ -204,159 +178,101 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                           ['t', 'o'],
                                           ['t', 'o']],
                               'value_blocks': 'none',
-                              'tiles': 13.0,
+                              'tiles': 10.5,
                               'sub_chunks': False},
              'grad_v_0_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'i'],
-                                          ['s', 'o']],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 10.0,
+                              'tiles': 6.5,
                               'sub_chunks': False},
              'grad_v_1_bwd': {'grid': 'chunks',
                               'scratch': [['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
-                                          ['t', 'h'],
+                                          ['s', 'h'],
                                           ['t', 'h'],
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
                                           ['s', 'i'],
                                           ['t', 's'],
                                           ['t', 's'],
-                                          ['s', 'o'],
-                                          ['t', 'o'],
-                                          ['t', 'o'],
-                                          ['s', 'i'],
-                                          ['s', 'o']],
+                                          ['s', 'i']],
                               'value_blocks': 'none',
-                              'tiles': 9.0,
+                              'tiles': 6.5,
                               'sub_chunks': False},
              'grad_gate_eta_0_bwd': {'grid': 'chunks',
-                                     'scratch': [['t', 'h'],
-                                                 ['s', 'h'],
-                                                 ['s', 'h'],
-                                                 ['h', 'i'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
-                                                 ['s', 'i']],
+                                     'scratch': [['t', 'h'], ['s', 'i']],
                                      'value_blocks': 'none',
-                                     'tiles': 6.5,
+                                     'tiles': 4.0,
                                      'sub_chunks': False},
              'grad_gate_eta_1_bwd': {'grid': 'chunks',
                                      'scratch': [['t', 'h'],
+                                                 ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
                                                  ['t', 'h'],
-                                                 ['t', 'h'],
-                                                 ['t', 'h'],
-                                                 ['s', 'h'],
-                                                 ['t', 'h'],
-                                                 ['t', 'o'],
-                                                 ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
-                                                 ['s', 'o'],
-                                                 ['t', 'o'],
+                                                 ['t', 's'],
+                                                 ['t', 's'],
                                                  ['t', 's']],
                                      'value_blocks': 'none',
-                                     'tiles': 8.0,
+                                     'tiles': 6.0,
                                      'sub_chunks': False},
              'grad_ln_weight_0_bwd': {'grid': 'chunks',
-                                      'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 's'],
-                                                  ['t', 'o']],
+                                      'scratch': [['t', 'h'], ['t', 'h'], ['t', 'h'], ['t', 's']],
                                       'value_blocks': 'none',
-                                      'tiles': 7.0,
+                                      'tiles': 5.0,
                                       'sub_chunks': False},
              'grad_ln_weight_1_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'i'],
-                                                  ['s', 'o']],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
-                                      'tiles': 11.0,
+                                      'tiles': 6.5,
                                       'sub_chunks': False},
              'grad_ln_weight_2_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'i'],
-                                                  ['s', 'o']],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
-                                      'tiles': 10.0,
+                                      'tiles': 6.5,
                                       'sub_chunks': False},
              'grad_ln_weight_3_bwd': {'grid': 'chunks',
                                       'scratch': [['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
-                                                  ['t', 'h'],
+                                                  ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['t', 's'],
-                                                  ['s', 'o'],
-                                                  ['t', 'o'],
-                                                  ['t', 'o'],
-                                                  ['s', 'i'],
-                                                  ['s', 'o']],
+                                                  ['s', 'i']],
                                       'value_blocks': 'none',
-                                      'tiles': 10.0,
+                                      'tiles': 6.5,
                                       'sub_chunks': False},
              'grad_ln_bias_0_bwd': {'grid': 'chunks',
                                     'scratch': [],
@@ -365,28 +281,27 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                     'sub_chunks': False},
              'grad_ln_bias_1_bwd': {'grid': 'chunks',
                                     'scratch': [['t', 'h'],
-                                                ['t', 'h'],
-                                                ['t', 'h'],
-                                                ['t', 'h'],
+                                                ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['s', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
-                                                ['t', 'o'],
-                                                ['t', 'o'],
                                                 ['s', 'i'],
                                                 ['t', 's'],
                                                 ['t', 's'],
-                                                ['s', 'o'],
-                                                ['t', 'o'],
-                                                ['t', 'o'],
-                                                ['s', 'i'],
-                                                ['s', 'o']],
+                                                ['s', 'i']],
                                     'value_blocks': 'none',
-                                    'tiles': 10.0,
+                                    'tiles': 6.5,
                                     'sub_chunks': False}},
  'stored': [],
- 'local': []}
+ 'local': [['local_0', ['t', 'o']],
+           ['local_1', ['t', 'o']],
+           ['local_2', ['t', 'o']],
+           ['local_3', ['s', 'o']],
+           ['local_4', ['s', 'o']],
+           ['local_5', ['t', 'o']],
+           ['local_6', ['t', 'o']],
+           ['local_7', ['s', 'o']]]}
 
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -645,8 +560,168 @@ def chunk_out_fwd_kernel(
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v60.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
+def chunk_local_bwd_kernel(
+    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, scratch_ptr,
+    cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
+    C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One chunk's values of the backward state pass that need no adjoint from the next chunk."""
+    pid = tl.program_id(0)
+    if IS_VARLEN:  # program = (sequence, head) over one packed row per head
+        row = pid % H
+        bos = tl.load(cu_seqlens_ptr + pid // H).to(tl.int32)
+        seq_len = tl.load(cu_seqlens_ptr + pid // H + 1).to(tl.int32) - bos
+        first_chunk = tl.load(chunk_offsets_ptr + pid // H).to(tl.int32) * H + row * tl.cdiv(seq_len, C)
+    else:  # program = row
+        row = pid
+        bos = 0
+        seq_len = T
+        first_chunk = pid * tl.cdiv(T, C)
+    offs_t = tl.arange(0, C)
+    offs_s = tl.arange(0, C)
+    offs_u = tl.arange(0, C)
+    offs_o = tl.arange(0, BV)
+    offs_g = tl.arange(0, BH)
+    offs_h = tl.arange(0, BH)
+    offs_i = tl.arange(0, D)
+    ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
+    ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
+    # one chunk, chunk_base + program_id(1) (the launcher's wave of chunks): a program past its sequence's last chunk
+    # (shorter packed sequences) reads its last chunk again and writes nothing
+    chunk = chunk_base + tl.program_id(1)
+    c = tl.minimum(chunk, tl.cdiv(seq_len, C) - 1)
+    tok = c * C
+    nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
+    slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v22, v45, v49, v53
+    k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v10 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()
+    v12 = tl.sum((v10), axis=1)
+    v13 = (v12 / (D))
+    v14 = (v10 - v13[:, None])
+    v15 = (v14 * v14)
+    v16 = tl.sum((v15), axis=1)
+    v17 = (v16 / (D))
+    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
+    v19 = k
+    v20 = (v18 + v19)  # memory output M(x)
+    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
+    v24 = tl.sum((v23), axis=1)
+    v25 = (v24 / (D))
+    v26 = (2.0 * v14 * v25[:, None])
+    tl.debug_barrier()  # parked tiles other threads stored
+    v22 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v27 = (v22 + v26)
+    v28 = ((-1.0) * v27)
+    v29 = tl.sum((v28), axis=1)
+    v30 = (v29 / (D))
+    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    v51 = v31
+    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v38 = gate_eta
+    v40 = (v37 * v38)
+    v65 = (v51 * v40[:, None])
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v42 = k
+    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v41)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v43 = v33
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
+    tl.debug_barrier()
+    v45 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v43 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v47 = (v41 - v46)
+        v48_c0 = (0.5 * v47)
+        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = v9
+        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
+    tl.debug_barrier()
+    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    v52 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v49 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v55 = (v49 - v54)
+    v56 = tl.sum((v55), axis=1)
+    v57 = (v56 / (D))
+    v58 = (v55 - v57[:, None])
+    v59 = (v58 * v58)
+    v60 = tl.sum((v59), axis=1)
+    v61 = (v60 / (D))
+    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v66 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v67 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v70 = (2.0 * v58 * v69[:, None])
+    v71 = (v66 + v70)
+    v72 = ((-1.0) * v71)
+    v73 = tl.sum((v72), axis=1)
+    v74 = (v73 / (D))
+    v75 = (v71 + v74[:, None])
+    v76 = ((-1.0) * v75)
+    v53 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v14.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v21.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v31.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
+
+@triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_state_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, d_final_w1_ptr, d_final_w2_ptr, d_init_w1_ptr, d_init_w2_ptr, carries_w1_ptr, carries_w2_ptr, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -683,337 +758,255 @@ def chunk_state_bwd_kernel(
     while c >= 0:
         tok = c * C
         nv = tl.minimum(C, seq_len - tok)  # tokens in this chunk
-        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 19 * C * BV)  # v41, v8, v9, v32, v47, v50, v48, v96, v101, v72, v97, v100, v102, v65, v69, v92, v103, v94, v104, v42, v45, v14, v21, v22, v31, v51, v49, v53, v58, v73, v82, v83, v86, v71, v68, v85, v90, v110, v111, v115, v122, v123, v133
+        scratch = scratch_ptr + slot * (15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 10 * C * BV)  # v29, v8, v20, v35, v9, v37, v64, v69, v49, v65, v68, v70, v42, v46, v36, v60, v71, v62, v72, v30, v33, v54, v48, v58, v74, v78, v79, v83, v86, v90, v91, v97, v101
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v42 = k
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-        v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v30 = k
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+        v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-        v38 = gate_eta
-        v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+        v26 = gate_eta
+        v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+        local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+        local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+        v28 = (v25 * v26)
+        tl.debug_barrier()  # parked tiles other threads stored
+        v30 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+        v48 = (v30 * v28[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+        local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+        local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v12 = (local_0 * local_0)
+        v13 = tl.sum((v12), axis=1)
+        v14 = (v13 / (D))
+        local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+        v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v17 = tl.sum((v16), axis=1)
+        v18 = (v17 / (D))
+        local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
             w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v41)
+            v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v29)
             v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
             tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+        tl.debug_barrier()
+        v33 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v20)
+            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v21_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v21 = (v20 * (0.5 + (0.5 * tl.math.erf(v21_c0)) + (v21_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+            v31 = v21
+            v34 = tl.dot(v33.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v29 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+            v35 = (v29 - v34)
+            tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
             v9_c0 = (0.5 * v8)
             v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
+            v37 = v9
+            tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v37)
         tl.debug_barrier()
-        v10 = tl.zeros((C, BV), DTYPE)
+        v54 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v37 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v12 = tl.sum((v10), axis=1)
-        v13 = (v12 / (D))
-        v14 = (v10 - v13[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-        v15 = (v14 * v14)
-        v16 = tl.sum((v15), axis=1)
-        v17 = (v16 / (D))
-        v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-        v19 = k
-        v20 = (v18 + v19)  # memory output M(x)
-        v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v21 = (v20 - v)  # inner gradient signal g = dl/dy
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
-        v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v24 = tl.sum((v23), axis=1)
-        v25 = (v24 / (D))
-        v26 = (2.0 * v14 * v25[:, None])
-        v22 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v27 = (v22 + v26)
-        v28 = ((-1.0) * v27)
-        v29 = tl.sum((v28), axis=1)
-        v30 = (v29 / (D))
-        v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-        v51 = v31
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+            v61 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v63 = (v55 + v61)
+            v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v64_c0 = (0.5 * v35 * tl.full((), 1.4142135623730951, DTYPE))
+            v64 = (v63 * (0.5 + (0.5 * tl.math.erf(v64_c0)) + (v64_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
+        tl.debug_barrier()
+        v48 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+            v64 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v69 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :], v69)
+            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+            v47 = ((-1.0) * d_new_w1)
+            v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
+            v65 = ((-1.0) * v64)
+            tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v65)
+        tl.debug_barrier()
+        v33 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v65 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v66 = tl.dot(tl.trans(v33).to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            v49 = tl.load(scratch + 7 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+            v67 = (v49 + v66)
+            v68 = v67
+            tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
             v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-            v43 = v33
-            v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v41 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-            v47 = (v41 - v46)
-            tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-            v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v50 = v9
-            tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-            v48_c0 = (0.5 * v47)
-            v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-            tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
+            v20 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v70_c0 = tl.full((), 1.4142135623730951, DTYPE)
+            v70_c1 = tl.full((), 0.5641895835477563, DTYPE)
+            v70_c2 = (0.5 * (v8 * v8))
+            v70_c3 = tl.exp(((-1.0) * v70_c2))
+            v70 = (v20 * v68 * ((v70_c0 * v70_c1 * v70_c3) - (v70_c0 * v70_c1 * v70_c2 * v70_c3)))
+            tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v70)
+            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+            v42 = ((-1.0) * d_new_w2)
+            tl.store(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
+            v46 = tl.dot(local_4.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
+            v35 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36_c0 = (0.5 * v35)
+            v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+            tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v36)
         tl.debug_barrier()
-        v49 = tl.zeros((C, BV), DTYPE)
-        v52 = tl.zeros((C, C), DTYPE)
+        v54 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v44 = tl.zeros((C, BV), DTYPE)
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v46 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v59 = (v46 + v56)
+            v60 = v59
+            tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+            v37 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+            v43 = (v37 * v28[:, None])
+            v42 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+            v44 += tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.debug_barrier()
+        v57 = (v44 + local_7)
+        v58 = v57
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+        v73 = tl.zeros((C, BV), DTYPE)
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v68 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v71_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v71 = (v68 * (0.5 + (0.5 * tl.math.erf(v71_c0)) + (v71_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v71)
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v49)  # park
-        v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v49 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v55 = (v49 - v54)
-        v56 = tl.sum((v55), axis=1)
-        v57 = (v56 / (D))
-        v58 = (v55 - v57[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
-        v59 = (v58 * v58)
-        v60 = tl.sum((v59), axis=1)
-        v61 = (v60 / (D))
-        d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-        v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v73)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v58 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
+            v73 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.debug_barrier()
+        v58 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v74 = (v58 + v73)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v74)  # park
         v75 = tl.sum((v74), axis=1)
         v76 = (v75 / (D))
-        v77 = (2.0 * v58 * v76[:, None])
-        v73 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v78 = (v73 + v77)
-        v79 = ((-1.0) * v78)
-        v80 = tl.sum((v79), axis=1)
-        v81 = (v80 / (D))
-        v82 = (v78 + v81[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v82)  # park
-        v83 = ((-1.0) * v82)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        v77 = ((-1.0) * v76)
         tl.debug_barrier()  # parked tiles other threads stored
-        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :], v86)  # park
-        v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-        v40 = (v37 * v38)
+        v74 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v78 = (v74 + v77[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v78)  # park
+        v79 = (2.0 * v18[:, None] * v78)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v79)  # park
+        v80 = (2.0 * local_0 * v78)
+        v81 = tl.sum((v80), axis=1)
+        v82 = (v81 / (D))
+        v83 = ((-0.5) * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v83)  # park
+        v86 = ((-0.5) * local_0 * ln_weight[None, :] * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
         tl.debug_barrier()  # parked tiles other threads stored
-        v42 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
-        v71 = (v42 * v40[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
+        v78 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v89 = (ln_weight[None, :] * v78 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v90 = (v86 + v89)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
+        v91 = (ln_weight[None, :] * v90 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+        v84 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v82[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v85 = tl.sum((v84), axis=1)
         tl.debug_barrier()  # parked tiles other threads stored
-        v51 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v68 = (v51 * v40[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :], v68)  # park
+        v78 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v87 = ((-0.5) * ln_weight[None, :] * local_1 * v78 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v88 = tl.sum((v87), axis=1)
+        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v92 = ((-0.5) * local_0 * ln_weight[None, :] * v90 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v93 = tl.sum((v92), axis=1)
+        v94 = (v85 + v88 + v93)
+        v95 = (v94 / (D))
+        v96 = (2.0 * local_0 * v95[:, None])
+        v79 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v83 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v91 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v97 = (v79 + v83 + v91 + v96)
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v97)  # park
+        v98 = ((-1.0) * v97)
+        v99 = tl.sum((v98), axis=1)
+        v100 = (v99 / (D))
         tl.debug_barrier()  # parked tiles other threads stored
-        v53 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v83 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+        v97 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        v101 = (v97 + v100[:, None])
+        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v101)  # park
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v95 = (v87 + v93)
-            v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v96_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-            v96 = (v95 * (0.5 + (0.5 * tl.math.erf(v96_c0)) + (v96_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
-        tl.debug_barrier()
-        v71 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v101 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v101)
+            v102 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            v60 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v104 = (v60 + v102)
+            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v105_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+            v105 = (v104 * (0.5 + (0.5 * tl.math.erf(v105_c0)) + (v105_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+            v70 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+            v106 = (v70 + v105)
+            v107 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v106.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v70 = ((-1.0) * d_new_w1)
-            v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 8 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v72)
-            v97 = ((-1.0) * v96)
-            tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v97)
+            v69 = tl.load(scratch + 7 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+            v109 = (d_new_w1 + v69 + v107)
+            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v109.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v109.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
-        v45 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v68 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 10 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
         for hb in range(0, HID, BH):  # the hidden axis, a block at a time
             offs_h = hb + tl.arange(0, BH)
             offs_g = offs_h
-            v97 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v98 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            v72 = tl.load(scratch + 8 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
-            v99 = (v72 + v98)
-            v100 = v99
-            tl.store(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v100)
-            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v102_c0 = tl.full((), 1.4142135623730951, DTYPE)
-            v102_c1 = tl.full((), 0.5641895835477563, DTYPE)
-            v102_c2 = (0.5 * (v8 * v8))
-            v102_c3 = tl.exp(((-1.0) * v102_c2))
-            v102 = (v32 * v100 * ((v102_c0 * v102_c1 * v102_c3) - (v102_c0 * v102_c1 * v102_c2 * v102_c3)))
-            tl.store(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v102)
+            v36 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v62 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), local_5.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+            tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v62)
+            v71 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v72 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v71.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+            tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v72)
+        tl.debug_barrier()
+        v101 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+            offs_h = hb + tl.arange(0, BH)
+            offs_g = offs_h
+            v9 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+            v103 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v101.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
             d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v65 = ((-1.0) * d_new_w2)
-            tl.store(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v65)
-            v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
-        tl.debug_barrier()
-        v86 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-        v67 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v69 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v91 = (v69 + v88)
-            v92 = v91
-            tl.store(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
-            v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-            v66 = (v50 * v40[:, None])
-            v65 = tl.load(scratch + 12 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
-            v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.debug_barrier()
-        v85 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 11 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-        v89 = (v67 + v85)
-        v90 = v89
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
-        v105 = tl.zeros((C, BV), DTYPE)
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v100 = tl.load(scratch + 10 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v103_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v103 = (v100 * (0.5 + (0.5 * tl.math.erf(v103_c0)) + (v103_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            tl.store(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v103)
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v105 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.debug_barrier()
-        v90 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v106 = (v90 + v105)
-        v107 = tl.sum((v106), axis=1)
-        v108 = (v107 / (D))
-        v109 = ((-1.0) * v108)
-        v110 = (v106 + v109[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v110)  # park
-        v111 = (2.0 * v25[:, None] * v110)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :], v111)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v112 = (2.0 * v14 * v110)
-        v113 = tl.sum((v112), axis=1)
-        v114 = (v113 / (D))
-        v21 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = ((-0.5) * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :], v115)  # park
-        v118 = ((-0.5) * v14 * ln_weight[None, :] * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.debug_barrier()  # parked tiles other threads stored
-        v110 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v121 = (ln_weight[None, :] * v110 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v122 = (v118 + v121)
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :], v122)  # park
-        v123 = (ln_weight[None, :] * v122 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :], v123)  # park
-        tl.debug_barrier()  # parked tiles other threads stored
-        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v21 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v116 = (0.75 * v14 * ln_weight[None, :] * v21 * v114[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v117 = tl.sum((v116), axis=1)
-        v110 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v119 = ((-0.5) * ln_weight[None, :] * v21 * v110 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v120 = tl.sum((v119), axis=1)
-        v14 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v122 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 16 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v124 = ((-0.5) * v14 * ln_weight[None, :] * v122 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-        v125 = tl.sum((v124), axis=1)
-        v126 = (v117 + v120 + v125)
-        v127 = (v126 / (D))
-        v128 = (2.0 * v14 * v127[:, None])
-        v111 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v115 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 15 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v123 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 17 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v129 = (v111 + v115 + v123 + v128)
-        v130 = ((-1.0) * v129)
-        v131 = tl.sum((v130), axis=1)
-        v132 = (v131 / (D))
-        v133 = (v129 + v132[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :], v133)  # park
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v134 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v133).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            v92 = tl.load(scratch + 13 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v136 = (v92 + v134)
-            v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v137_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-            v137 = (v136 * (0.5 + (0.5 * tl.math.erf(v137_c0)) + (v137_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-            v102 = tl.load(scratch + 11 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
-            v138 = (v102 + v137)
-            v139 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v138.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-            v101 = tl.load(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-            v141 = (d_new_w1 + v101 + v139)
-            tl.store(carries_w1_ptr + ((first_chunk + c) - 1) * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(carries_w1_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w1_ptr + pid * HID * D + offs_h[:, None] * D + offs_i[None, :], v141.to(d_init_w1_ptr.dtype.element_ty), mask=c == 0)
-        tl.debug_barrier()
-        v31 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        v82 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v94 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v82.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            tl.store(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :], v94)
-            v103 = tl.load(scratch + 14 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v104 = tl.dot(tl.trans(v31).to(DOT_DTYPE), v103.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-            tl.store(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :], v104)
-        tl.debug_barrier()
-        v133 = tl.load(scratch + 15 * C * HID + HID * D + 3 * BV * HID + 2 * C * D + 3 * C * C + 18 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-        for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-            offs_h = hb + tl.arange(0, BH)
-            offs_g = offs_h
-            v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-            v135 = tl.trans(tl.dot(tl.trans(v9).to(DOT_DTYPE), v133.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-            d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-            v94 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v104 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
-            v140 = (d_new_w2 + v94 + v104 + v135)
-            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
-            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v140.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
+            v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v72 = tl.load(scratch + 15 * C * HID + HID * D + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
+            v108 = (d_new_w2 + v62 + v72 + v103)
+            tl.store(carries_w2_ptr + ((first_chunk + c) - 1) * D * HID + offs_o[:, None] * HID + offs_h[None, :], v108.to(carries_w2_ptr.dtype.element_ty), mask=c > 0)
+            tl.store(d_init_w2_ptr + pid * D * HID + offs_o[:, None] * HID + offs_h[None, :], v108.to(d_init_w2_ptr.dtype.element_ty), mask=c == 0)
         tl.debug_barrier()
         tl.debug_barrier()  # the previous chunk reads the adjoint this one wrote
         c += -1
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1047,12 +1040,12 @@ def chunk_grad_q_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v11 = d_out
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v11.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v16 = d_out
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v16.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1086,149 +1079,84 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + C * D)  # v8, v9, v39, v42, v43, v44, v46, v78, v14, v31, v38, v47, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + C * D + 2 * C * C)  # v8, v20, v24, v25, v40, v19, v22, v35
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    v19 = k
+    tl.store(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v16 = gate_eta
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
+    tl.store(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
+    tl.store(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
-        v9_c0 = (0.5 * v8)
-        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v20 = v14
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v39 = v33
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
-        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
-    tl.debug_barrier()
-    v48 = tl.zeros((C, C), DTYPE)
+    v22 = tl.load(scratch + 5 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v43 = (v37 - v42)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-        v44_c0 = (0.5 * v43)
-        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v46 = v9
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+        v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v24 = (v18 - v23)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v9_c0 = (0.5 * v8)
+        v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v25 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v47 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :], v47)  # park
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :], v50)  # park
-    v45 = tl.zeros((C, BV), DTYPE)
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v35 = tl.load(scratch + 5 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v25 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (2.0 * v54 * v64[:, None])
-    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v66 = (v61 + v65)
-    v67 = ((-1.0) * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (v66 + v69[:, None])
-    v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v46 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v76 = (v74 + v75)
-        v43 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-        v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v78 = ((-1.0) * v77)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v78)
+        v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v38 = (v36 + v37)
+        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v39_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
+        v39 = (v38 * (0.5 + (0.5 * tl.math.erf(v39_c0)) + (v39_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v40 = ((-1.0) * v39)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
-    v79 = tl.zeros((C, C), DTYPE)
+    v41 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v78 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v79 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v79)
-    v38 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v81 = tl.trans(tl.dot(tl.trans(v38).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v81.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v40 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v41 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v41)
+    v19 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v43.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_q_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_q_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1262,143 +1190,78 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 4 * C * BV)  # v8, v9, v42, v43, v44, v46, v77, v14, v31, v47, v50
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C)  # v18, v8, v24, v25, v39, v22, v35
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    v19 = k
+    v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v16 = gate_eta
+    v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v33 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v35 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v33)
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v18)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v22 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v20 = v14
+        v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v18 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v24 = (v18 - v23)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v25 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v35 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v25 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v36 = tl.trans(tl.dot(tl.trans(v25).to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v39 = v33
-        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
+        v37 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v38 = (v36 + v37)
+        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v39_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
+        v39 = (v38 * (0.5 + (0.5 * tl.math.erf(v39_c0)) + (v39_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v48 = tl.zeros((C, C), DTYPE)
+    v40 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v43 = (v37 - v42)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-        v44_c0 = (0.5 * v43)
-        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v46 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v47 = v31
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v47)  # park
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v50)  # park
-    v45 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v44 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 7 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (2.0 * v54 * v64[:, None])
-    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v66 = (v61 + v65)
-    v67 = ((-1.0) * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (v66 + v69[:, None])
-    v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 7 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v46 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v74 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v75 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v76 = (v74 + v75)
-        v43 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v77_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-        v77 = (v76 * (0.5 + (0.5 * tl.math.erf(v77_c0)) + (v77_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v77)
-    tl.debug_barrier()
-    v78 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v77 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v78.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v39 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v40 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1432,166 +1295,98 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 5 * C * BV + C * D)  # v8, v9, v43, v46, v47, v48, v50, v85, v14, v31, v51, v54, v77, v88
+    scratch = scratch_ptr + slot * (5 * C * HID + 2 * C * C + C * D)  # v8, v24, v28, v29, v47, v26, v42, v50
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v23 = k
+    v25 = tl.dot(q.to(DOT_DTYPE), tl.trans(v23).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v19 = gate_eta
+    v26 = (v25 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])))
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v26)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v40 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v42 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v40)
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v42)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v24 = v14
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v24)
+    tl.debug_barrier()
+    v26 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v27 = tl.dot(v26.to(DOT_DTYPE), v24.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v28 = (v22 - v27)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v28)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v42 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v29 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v43 = tl.trans(tl.dot(tl.trans(v29).to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
-    tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
+        v44 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v45 = (v43 + v44)
+        v28 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v46_c0 = (0.5 * v28 * tl.full((), 1.4142135623730951, DTYPE))
+        v46 = (v45 * (0.5 + (0.5 * tl.math.erf(v46_c0)) + (v46_c0 * tl.exp(((-0.5) * (v28 * v28))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v47 = ((-1.0) * v46)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
+    v48 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v69 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v70 = tl.sum((v69), axis=1)
-    v71 = (v70 / (D))
-    v72 = (2.0 * v58 * v71[:, None])
-    v68 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = (v68 + v72)
-    v74 = ((-1.0) * v73)
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = (v73 + v76[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v77)  # park
-    v78 = ((-1.0) * v77)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v79 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v78).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v80 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v79)
-    v77 = tl.load(scratch + 8 * C * HID + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v81 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v82 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v77).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v83 = (v81 + v82)
+        v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v84_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v84 = (v83 * (0.5 + (0.5 * tl.math.erf(v84_c0)) + (v84_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v85 = ((-1.0) * v84)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v85)
-    tl.debug_barrier()
-    v86 = tl.zeros((C, C), DTYPE)
+        v48 += tl.trans(tl.dot(v24.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v19[None, :])) * v48)
+    v50 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v21 = (v18 * v19)
+    v37 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v43 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v86 += tl.trans(tl.dot(v43.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v87 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v86)
-    v88 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v87.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v67 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v43 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v43 * v40[:, None])
+        v24 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v36 = (v24 * v21[:, None])
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w1)
-        v67 += tl.dot(v66.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v35 = ((-1.0) * d_new_w1)
+        v37 += tl.dot(v36.to(DOT_DTYPE), v35.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 8 * C * HID + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v89 = (v67 + v88)
-    v90 = v89
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v90.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+    v50 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = (v37 + v50)
+    v52 = v51
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1625,200 +1420,130 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = v107
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v108.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (2.0 * local_0 * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v72 = (v70 + v71)
+    v73 = v72
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_k_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_k_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -1852,277 +1577,217 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (12 * C * HID + BV * HID + 13 * C * BV + C * D + 3 * C * C)  # v8, v9, v32, v72, v47, v50, v48, v96, v99, v100, v65, v69, v92, v14, v21, v22, v71, v45, v51, v53, v82, v86, v68, v85, v90, v107, v108, v112, v119, v120
+    scratch = scratch_ptr + slot * (12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 6 * C * BV)  # v8, v20, v47, v49, v29, v31, v35, v37, v55, v67, v68, v42, v60, v43, v48, v33, v54, v58, v75, v76, v80, v87, v88
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v30 = k
+    v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v26 = gate_eta
+    v28 = (v25 * v26)
+    v48 = (v30 * v28[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(v30).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v33 = (v32 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v33)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v52 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v54 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v26[None, :])) * v52)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v54)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v16 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v17 = tl.sum((v16), axis=1)
+    v18 = (v17 / (D))
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v20 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v20)
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v47 = ((-1.0) * d_new_w1)
+        tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v47)
+    tl.debug_barrier()
+    v48 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v47 = tl.load(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :])
+        v49 = tl.dot(v48.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v49)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v29)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v20 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v21_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v21 = (v20 * (0.5 + (0.5 * tl.math.erf(v21_c0)) + (v21_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v31 = v21
+        tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v31)
+    tl.debug_barrier()
+    v33 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v54 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v31 = tl.load(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v34 = tl.dot(v33.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v35 = (v29 - v34)
+        tl.store(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v35)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v37 = v9
+        tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v37)
+        v55 = tl.trans(tl.dot(tl.trans(v37).to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        tl.store(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = tl.load(scratch + 12 * C * HID + BV * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v42 = k
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v40 = (v37 * v38)
-    v71 = (v42 * v40[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v71)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
-    v51 = v31
-    tl.store(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v70 = ((-1.0) * d_new_w1)
-        v72 = tl.dot(v71.to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v72)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v61 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v55 = tl.load(scratch + 7 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v62 = (v55 + v61)
+        v35 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v63_c0 = (0.5 * v35 * tl.full((), 1.4142135623730951, DTYPE))
+        v63 = (v62 * (0.5 + (0.5 * tl.math.erf(v63_c0)) + (v63_c0 * tl.exp(((-0.5) * (v35 * v35))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v64 = ((-1.0) * v63)
+        v65 = tl.dot(tl.trans(v33).to(DOT_DTYPE), v64.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49 = tl.load(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v66 = (v49 + v65)
+        v67 = v66
+        tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v67)
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v47 = (v41 - v46)
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-    tl.debug_barrier()
-    v49 = tl.zeros((C, BV), DTYPE)
-    v52 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v73 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v74 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v75 = tl.sum((v74), axis=1)
-    v76 = (v75 / (D))
-    v77 = (2.0 * v58 * v76[:, None])
-    v78 = (v73 + v77)
-    v79 = ((-1.0) * v78)
-    v80 = tl.sum((v79), axis=1)
-    v81 = (v80 / (D))
-    v82 = (v78 + v81[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v82)  # park
-    v83 = ((-1.0) * v82)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v84 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v83).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v86 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v84)
-    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v86)  # park
-    v68 = (v51 * v40[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v68)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v85 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v83.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 12 * C * HID + BV * HID + 6 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v85)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 12 * C * HID + BV * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v87 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v93 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v94 = (v87 + v93)
-        v47 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v96 = ((-1.0) * v95)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v96)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 12 * C * HID + BV * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v68 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v96 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v97 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v96.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v72 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v98 = (v72 + v97)
-        v99 = v98
-        tl.store(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v99)
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v100_c0 = tl.full((), 1.4142135623730951, DTYPE)
-        v100_c1 = tl.full((), 0.5641895835477563, DTYPE)
-        v100_c2 = (0.5 * (v8 * v8))
-        v100_c3 = tl.exp(((-1.0) * v100_c2))
-        v100 = (v32 * v99 * ((v100_c0 * v100_c1 * v100_c3) - (v100_c0 * v100_c1 * v100_c2 * v100_c3)))
-        tl.store(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v100)
+        v20 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v68_c0 = tl.full((), 1.4142135623730951, DTYPE)
+        v68_c1 = tl.full((), 0.5641895835477563, DTYPE)
+        v68_c2 = (0.5 * (v8 * v8))
+        v68_c3 = tl.exp(((-1.0) * v68_c2))
+        v68 = (v20 * v67 * ((v68_c0 * v68_c1 * v68_c3) - (v68_c0 * v68_c1 * v68_c2 * v68_c3)))
+        tl.store(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v68)
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        tl.store(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :], v65)
-        v69 = tl.dot(v68.to(DOT_DTYPE), v65.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v69)
+        v42 = ((-1.0) * d_new_w2)
+        tl.store(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 12 * C * HID + BV * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v67 = tl.zeros((C, BV), DTYPE)
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v54 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v88 = tl.trans(tl.dot(tl.trans(v48).to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v69 = tl.load(scratch + 10 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v91 = (v69 + v88)
-        v92 = v91
-        tl.store(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v92)
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
-        v65 = tl.load(scratch + 10 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v46 = tl.dot(local_4.to(DOT_DTYPE), v42.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v35 = tl.load(scratch + 5 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v36_c0 = (0.5 * v35)
+        v36 = (v36_c0 * (1.0 + tl.math.erf((v36_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v56 = tl.trans(tl.dot(tl.trans(v36).to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v59 = (v46 + v56)
+        v60 = v59
+        tl.store(scratch + 10 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
+        v37 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
+        v43 = (v37 * v28[:, None])
+        tl.store(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v85 = tl.load(scratch + 12 * C * HID + BV * HID + 6 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v89 = (v67 + v85)
-    v90 = v89
-    tl.store(scratch + 12 * C * HID + BV * HID + 7 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v90)  # park
-    v102 = tl.zeros((C, BV), DTYPE)
+    v44 = tl.zeros((C, BV), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v43 = tl.load(scratch + 11 * C * HID + HID * D + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v42 = tl.load(scratch + 10 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
+        v44 += tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v57 = (v44 + local_7)
+    v58 = v57
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    v70 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v99 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v67 = tl.load(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v69_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v69 = (v67 * (0.5 + (0.5 * tl.math.erf(v69_c0)) + (v69_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v70 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v69).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.debug_barrier()  # parked tiles other threads stored
+    v58 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = (v58 + v70)
+    v72 = tl.sum((v71), axis=1)
+    v73 = (v72 / (D))
+    v74 = ((-1.0) * v73)
+    v75 = (v71 + v74[:, None])
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    v76 = (2.0 * v18[:, None] * v75)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v77 = (2.0 * local_0 * v75)
+    v78 = tl.sum((v77), axis=1)
+    v79 = (v78 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v80 = ((-0.5) * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    v83 = ((-0.5) * local_0 * ln_weight[None, :] * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v86 = (ln_weight[None, :] * v75 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v87 = (v83 + v86)
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    v88 = (ln_weight[None, :] * v87 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    tl.store(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v81 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v79[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * (tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v82 = tl.sum((v81), axis=1)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = ((-0.5) * ln_weight[None, :] * local_1 * v75 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v85 = tl.sum((v84), axis=1)
+    v87 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v89 = ((-0.5) * local_0 * ln_weight[None, :] * v87 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v90 = tl.sum((v89), axis=1)
+    v91 = (v82 + v85 + v90)
+    v92 = (v91 / (D))
+    v93 = (2.0 * local_0 * v92[:, None])
+    v76 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v80 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + 12 * C * HID + HID * D + BV * HID + C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = (v76 + v80 + v88 + v93)
+    v95 = ((-1.0) * v94)
+    v96 = tl.sum((v95), axis=1)
+    v97 = (v96 / (D))
+    v98 = (v94 + v97[:, None])
+    v103 = tl.zeros((C, D), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v99 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v98).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v60 = tl.load(scratch + 10 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v100 = (v60 + v99)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v101_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v101 = (v99 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v102 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v101).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 12 * C * HID + BV * HID + 7 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v103 = (v90 + v102)
-    v104 = tl.sum((v103), axis=1)
-    v105 = (v104 / (D))
-    v106 = ((-1.0) * v105)
-    v107 = (v103 + v106[:, None])
-    tl.store(scratch + 12 * C * HID + BV * HID + 8 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v107)  # park
-    v108 = (2.0 * v25[:, None] * v107)
-    tl.store(scratch + 12 * C * HID + BV * HID + 9 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v108)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v109 = (2.0 * v14 * v107)
-    v110 = tl.sum((v109), axis=1)
-    v111 = (v110 / (D))
-    v21 = tl.load(scratch + 12 * C * HID + BV * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = ((-0.5) * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 12 * C * HID + BV * HID + 10 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v112)  # park
-    v115 = ((-0.5) * v14 * ln_weight[None, :] * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v118 = (ln_weight[None, :] * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v119 = (v115 + v118)
-    tl.store(scratch + 12 * C * HID + BV * HID + 11 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v119)  # park
-    v120 = (ln_weight[None, :] * v119 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 12 * C * HID + BV * HID + 12 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 12 * C * HID + BV * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v113 = (0.75 * v14 * ln_weight[None, :] * v21 * v111[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * (tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v114 = tl.sum((v113), axis=1)
-    v107 = tl.load(scratch + 12 * C * HID + BV * HID + 8 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v116 = ((-0.5) * ln_weight[None, :] * v21 * v107 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v117 = tl.sum((v116), axis=1)
-    v119 = tl.load(scratch + 12 * C * HID + BV * HID + 11 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = ((-0.5) * v14 * ln_weight[None, :] * v119 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v122 = tl.sum((v121), axis=1)
-    v123 = (v114 + v117 + v122)
-    v124 = (v123 / (D))
-    v125 = (2.0 * v14 * v124[:, None])
-    v108 = tl.load(scratch + 12 * C * HID + BV * HID + 9 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 12 * C * HID + BV * HID + 10 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v120 = tl.load(scratch + 12 * C * HID + BV * HID + 12 * C * BV + C * D + 3 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v126 = (v108 + v112 + v120 + v125)
-    v127 = ((-1.0) * v126)
-    v128 = tl.sum((v127), axis=1)
-    v129 = (v128 / (D))
-    v130 = (v126 + v129[:, None])
-    v135 = tl.zeros((C, D), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v131 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v130).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v92 = tl.load(scratch + 11 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v132 = (v92 + v131)
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v133_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v133 = (v132 * (0.5 + (0.5 * tl.math.erf(v133_c0)) + (v133_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v100 = tl.load(scratch + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v134 = (v100 + v133)
+        v101 = (v100 * (0.5 + (0.5 * tl.math.erf(v101_c0)) + (v101_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v68 = tl.load(scratch + 9 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :])
+        v102 = (v68 + v101)
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v135 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v135.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v103 += tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2156,198 +1821,128 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = ((-1.0) * v105)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v106.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (2.0 * local_0 * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v71 = ((-1.0) * v70)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v71.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_v_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_v_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2381,194 +1976,125 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v102 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v103 = ((-1.0) * v102)
-    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v103.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v67 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v68 = ((-1.0) * v67)
+    tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v68.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2602,10 +2128,14 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * C * HID + HID * D + 2 * C * BV + C * D)  # v8, v40, v39, v49, v14, v22, v38
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    scratch = scratch_ptr + slot * (C * HID + C * D)  # v8, v19
+    v18 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v19 = k
+    tl.store(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :], v19)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v29 = tl.zeros((C,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2614,79 +2144,38 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        v40 = v9
-        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 3 * C * HID + HID * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = tl.load(scratch + 3 * C * HID + HID * D + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v41 = v31
-    v38 = k
-    tl.store(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
-    v48 = tl.zeros((C,), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
+        v21 = v9
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 = ((-1.0) * d_new_w2)
-        v46 = tl.dot(v41.to(DOT_DTYPE), v45.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v40 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v47 = (v40 * v46)
-        v48 += tl.sum((v47), axis=1)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v39 = v33
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
-        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v49 = ((-1.0) * d_new_w1)
-        tl.store(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :], v49)
+        v26 = ((-1.0) * d_new_w2)
+        v27 = tl.dot(local_3.to(DOT_DTYPE), v26.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v28 = (v21 * v27)
+        v29 += tl.sum((v28), axis=1)
     tl.debug_barrier()
-    v50 = tl.zeros((C, D), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v32 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v49 = tl.load(scratch + 3 * C * HID + offs_h[:, None] * D + offs_i[None, :])
-        v50 += tl.dot(v39.to(DOT_DTYPE), v49.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = tl.load(scratch + 3 * C * HID + HID * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v51 = (v38 * v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v48 + v52)
-    v54 = (v37 * v53)
-    v55 = v54
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v55.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v20 = v14
+        d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v31 = ((-1.0) * d_new_w1)
+        v32 += tl.dot(v20.to(DOT_DTYPE), v31.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v19 = tl.load(scratch + C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = (v19 * v32)
+    v34 = tl.sum((v33), axis=1)
+    v38 = (v29 + v34)
+    v39 = (v18 * v38)
+    v40 = v39
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v40.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_gate_eta_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_gate_eta_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2720,158 +2209,102 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 4 * C * BV + 3 * C * C)  # v8, v9, v39, v42, v43, v44, v46, v79, v14, v31, v40, v48, v47, v50, v72
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * C)  # v8, v20, v24, v26, v43, v21, v22, v35, v37, v45
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v19 = k
+    v21 = tl.dot(q.to(DOT_DTYPE), tl.trans(v19).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :], v21)  # park
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v16 = gate_eta
+    v22 = (v21 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])))
+    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :], v22)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v35 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v35)  # park
+    v37 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v16[None, :])) * v35)
+    tl.store(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v37)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v13 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v14_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v14 = (v13 * (0.5 + (0.5 * tl.math.erf(v14_c0)) + (v14_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v20 = v14
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v20)
+    tl.debug_barrier()
+    v22 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v23 = tl.dot(v22.to(DOT_DTYPE), v20.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v18 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v24 = (v18 - v23)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v24)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v26 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v26)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v37 = tl.load(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v26 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = tl.trans(tl.dot(tl.trans(v26).to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v39 = v33
-        tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
-        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
-    tl.debug_barrier()
-    v48 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v42 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v43 = (v37 - v42)
+        v40 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v41 = (v39 + v40)
+        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v42_c0 = (0.5 * v24 * tl.full((), 1.4142135623730951, DTYPE))
+        v42 = (v41 * (0.5 + (0.5 * tl.math.erf(v42_c0)) + (v42_c0 * tl.exp(((-0.5) * (v24 * v24))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v43 = ((-1.0) * v42)
         tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
-        v44_c0 = (0.5 * v43)
-        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v46 = v9
-        tl.store(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
-        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v48)  # park
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v47 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v47)  # park
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v50)  # park
-    v45 = tl.zeros((C, BV), DTYPE)
+    v44 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v44 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v50 = tl.load(scratch + 8 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v62 = ((-0.5) * v54 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v57[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v63 = tl.sum((v62), axis=1)
-    v64 = (v63 / (D))
-    v65 = (2.0 * v54 * v64[:, None])
-    v61 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v66 = (v61 + v65)
-    v67 = ((-1.0) * v66)
-    v68 = tl.sum((v67), axis=1)
-    v69 = (v68 / (D))
-    v70 = (v66 + v69[:, None])
-    v71 = ((-1.0) * v70)
-    v47 = tl.load(scratch + 8 * C * HID + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v72 = tl.trans(tl.dot(v47.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v72)  # park
-    v73 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])) * v72)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v46 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v75 = tl.trans(tl.dot(tl.trans(v46).to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v76 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v77 = (v75 + v76)
+        v20 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v43 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v78_c0 = (0.5 * v43 * tl.full((), 1.4142135623730951, DTYPE))
-        v78 = (v77 * (0.5 + (0.5 * tl.math.erf(v78_c0)) + (v78_c0 * tl.exp(((-0.5) * (v43 * v43))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v79 = ((-1.0) * v78)
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
-    tl.debug_barrier()
-    v80 = tl.zeros((C, C), DTYPE)
+        v44 += tl.trans(tl.dot(v20.to(DOT_DTYPE), tl.trans(v43).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v21 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = (v21 * v44)
+    tl.store(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    v28 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        v39 = tl.load(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v79 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v80 += tl.trans(tl.dot(v39.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v40 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v81 = (v40 * v80)
-    v48 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v72 = tl.load(scratch + 8 * C * HID + 4 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v74 = (v48 * v72)
-    v82 = (v74 + v81)
-    v83 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v82)
-    v84 = tl.sum((v83), axis=0)
-    v85 = v84
-    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
+        v24 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v25_c0 = (0.5 * v24)
+        v25 = (v25_c0 * (1.0 + tl.math.erf((v25_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        v26 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v28 += tl.dot(v25.to(DOT_DTYPE), tl.trans(v26).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v38 = (v28 * v35)
+    v45 = tl.load(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = (v38 + v45)
+    v47 = (tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v46)
+    v48 = tl.sum((v47), axis=0)
+    v49 = v48
+    tl.store(grad_block_ptr + (row * T + bos) * 1 + (tok + offs_t), v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv))
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -2905,104 +2338,74 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + C * C + C * BV)  # v37, v8, v9, v44, v41, v31
+    scratch = scratch_ptr + slot * (3 * C * HID + C * C)  # v19, v8, v26, v23
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v38 = k
-    v40 = tl.dot(q.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v20 = k
+    v22 = tl.dot(q.to(DOT_DTYPE), tl.trans(v20).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v35 = gate_eta
-    v41 = (v40 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    tl.store(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    v17 = gate_eta
+    v23 = (v22 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
+    tl.store(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :], v23)  # park
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v37 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v37)
+        v19 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v19)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v8)
+    tl.debug_barrier()
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v23 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v14 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v15_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v15 = (v14 * (0.5 + (0.5 * tl.math.erf(v15_c0)) + (v15_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v21 = v15
+        v24 = tl.dot(v23.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v19 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
+        v25 = (v19 - v24)
+        v26_c0 = (0.5 * v25)
+        v26 = (v26_c0 * (1.0 + tl.math.erf((v26_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v26)
+    tl.debug_barrier()
+    v27 = tl.zeros((C, BV), DTYPE)
+    v30 = tl.zeros((C, C), DTYPE)
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v26 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v27 += tl.dot(v26.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-    tl.debug_barrier()
-    v10 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 4 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * C + offs_s[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v39 = v33
-        v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v37 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v43 = (v37 - v42)
-        v44_c0 = (0.5 * v43)
-        v44 = (v44_c0 * (1.0 + tl.math.erf((v44_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v44)
-    tl.debug_barrier()
-    v45 = tl.zeros((C, BV), DTYPE)
-    v48 = tl.zeros((C, C), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v44 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v45 += tl.dot(v44.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v9 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v46 = v9
-        v48 += tl.dot(v44.to(DOT_DTYPE), tl.trans(v46).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v49 = (v48 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v35[None, :])))
-    v31 = tl.load(scratch + 4 * C * HID + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v47 = v31
-    v50 = tl.dot(v49.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v51 = (v45 - v50)
-    v52 = tl.sum((v51), axis=1)
-    v53 = (v52 / (D))
-    v54 = (v51 - v53[:, None])
-    v55 = (v54 * v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
+        v28 = v9
+        v30 += tl.dot(v26.to(DOT_DTYPE), tl.trans(v28).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    v31 = (v30 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v17[None, :])))
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v32 = tl.dot(v31.to(DOT_DTYPE), local_3.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v33 = (v27 - v32)
+    v34 = tl.sum((v33), axis=1)
+    v35 = (v34 / (D))
+    v36 = (v33 - v35[:, None])
+    v37 = (v36 * v36)
+    v38 = tl.sum((v37), axis=1)
+    v39 = (v38 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = (v54 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v57[:, None])))))
-    v62 = tl.sum((v61), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v62.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v44 = (v36 * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v39[:, None])))))
+    v45 = tl.sum((v44), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v45.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3036,200 +2439,129 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v21 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v105 = ((-0.5) * v14 * v21 * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = tl.sum((v105), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (2.0 * local_0 * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v70 = ((-0.5) * local_0 * local_1 * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v71 = tl.sum((v70), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v71.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_2_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3263,196 +2595,126 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v21, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v21)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 6 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v21 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (v21 * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v103 = tl.sum((v102), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v103.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (local_1 * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v68 = tl.sum((v67), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v68.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_weight_3_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_weight_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3486,201 +2748,131 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = (v14 * v107 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v109 = tl.sum((v108), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v109.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (2.0 * local_0 * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v72 = (v70 + v71)
+    v73 = (local_0 * v72 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v74 = tl.sum((v73), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v74.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_0_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3714,12 +2906,12 @@ def chunk_grad_ln_bias_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v11 = tl.sum((d_out), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v11.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+    v16 = tl.sum((d_out), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v16.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
 def chunk_grad_ln_bias_1_bwd_kernel(
-    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
+    starts_w1_ptr, starts_w2_ptr, carries_w1_ptr, carries_w2_ptr, q_ptr, k_ptr, v_ptr, gate_eta_ptr, ln_weight_ptr, ln_bias_ptr, local_0_ptr, local_1_ptr, local_2_ptr, local_3_ptr, local_4_ptr, local_5_ptr, local_6_ptr, local_7_ptr, d_out_ptr, grad_ln_bias_ptr, grad_block_stride, scratch_ptr,
     cu_seqlens_ptr, chunk_offsets_ptr, T, H, chunk_base,
     C: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BH: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr, IS_VARLEN: tl.constexpr,
     DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -3753,193 +2945,123 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 6 * C * BV + 2 * C * D + 2 * C * C)  # v8, v9, v46, v47, v48, v50, v91, v95, v14, v31, v42, v45, v53, v51, v54, v80, v69, v83
+    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * D + 2 * C * C)  # v8, v28, v32, v33, v56, v60, v27, v30, v49, v43
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v10 = tl.zeros((C, BV), DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
+    v27 = k
+    tl.store(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :], v27)  # park
+    v29 = tl.dot(q.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
+    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
+    v23 = gate_eta
+    v30 = (v29 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])))
+    tl.store(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v47 = tl.trans(tl.dot(local_3.to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+    v49 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v23[None, :])) * v47)
+    tl.store(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v22 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
+    v25 = (v22 * v23)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v27 = tl.load(scratch + 6 * C * HID + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = (v27 * v25[:, None])
+    tl.store(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v8 = tl.dot(k.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + offs_t[:, None] * HID + offs_h[None, :], v8)
+        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
+        v17 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v18_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v18 = (v17 * (0.5 + (0.5 * tl.math.erf(v18_c0)) + (v18_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
+        v28 = v18
+        tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
+    tl.debug_barrier()
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
+        offs_h = hb + tl.arange(0, BH)
+        offs_g = offs_h
+        v28 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
+        v26 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v32 = (v26 - v31)
+        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
+        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
         v9_c0 = (0.5 * v8)
         v9 = (v9_c0 * (1.0 + tl.math.erf((v9_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :], v9)
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v10 += tl.dot(v9.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v33 = v9
+        tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v33)
     tl.debug_barrier()
-    v12 = tl.sum((v10), axis=1)
-    v13 = (v12 / (D))
-    v14 = (v10 - v13[:, None])
-    tl.store(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
-    v15 = (v14 * v14)
-    v16 = tl.sum((v15), axis=1)
-    v17 = (v16 / (D))
-    v18 = (ln_bias[None, :] + (v14 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None]))))))
-    v19 = k
-    v20 = (v18 + v19)  # memory output M(x)
-    v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v21 = (v20 - v)  # inner gradient signal g = dl/dy
-    tl.debug_barrier()  # parked tiles other threads stored
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v24 = tl.sum((v23), axis=1)
-    v25 = (v24 / (D))
-    v26 = (2.0 * v14 * v25[:, None])
-    v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v27 = (v22 + v26)
-    v28 = ((-1.0) * v27)
-    v29 = tl.sum((v28), axis=1)
-    v30 = (v29 / (D))
-    v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    tl.store(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v31)  # park
-    q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = k
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v42)  # park
-    v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
-    v38 = gate_eta
-    v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v49 = tl.load(scratch + 6 * C * HID + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v50 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), tl.trans(v49).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v32 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v31).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v33_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v33 = (v32 * (0.5 + (0.5 * tl.math.erf(v33_c0)) + (v33_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))  # layer 1 pre-activation adjoint (G = adj ⊗ input)
-        v43 = v33
-        v46 = tl.dot(v45.to(DOT_DTYPE), v43.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v46)
+        v53 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(local_5).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v54 = (v50 + v53)
+        v32 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v55_c0 = (0.5 * v32 * tl.full((), 1.4142135623730951, DTYPE))
+        v55 = (v54 * (0.5 + (0.5 * tl.math.erf(v55_c0)) + (v55_c0 * tl.exp(((-0.5) * (v32 * v32))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        v56 = ((-1.0) * v55)
+        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v56)
     tl.debug_barrier()
-    v52 = tl.zeros((C, C), DTYPE)
+    v30 = tl.load(scratch + 6 * C * HID + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v43 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
-        w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v41 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v46 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v47 = (v41 - v46)
-        tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
-        v48_c0 = (0.5 * v47)
-        v48 = (v48_c0 * (1.0 + tl.math.erf((v48_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
-        tl.store(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v48)
-        v9 = tl.load(scratch + C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v50 = v9
-        tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
-        v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()
-    v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 8 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v51 = v31
-    tl.store(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v51)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v54)  # park
-    v49 = tl.zeros((C, BV), DTYPE)
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v48 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v49 += tl.dot(v48.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 8 * C * HID + 3 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v55 = (v49 - v54)
-    v56 = tl.sum((v55), axis=1)
-    v57 = (v56 / (D))
-    v58 = (v55 - v57[:, None])
-    v59 = (v58 * v58)
-    v60 = tl.sum((v59), axis=1)
-    v61 = (v60 / (D))
-    d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v72 = ((-0.5) * v58 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v61[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v73 = tl.sum((v72), axis=1)
-    v74 = (v73 / (D))
-    v75 = (2.0 * v58 * v74[:, None])
-    v71 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v61[:, None])))))
-    v76 = (v71 + v75)
-    v77 = ((-1.0) * v76)
-    v78 = tl.sum((v77), axis=1)
-    v79 = (v78 / (D))
-    v80 = (v76 + v79[:, None])
-    tl.store(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
-    v81 = ((-1.0) * v80)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v51 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v82 = tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v81).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v84 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])) * v82)
-    v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    v40 = (v37 * v38)
-    v42 = tl.load(scratch + 8 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v69 = (v42 * v40[:, None])
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v83 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v81.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v83)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 8 * C * HID + 4 * C * BV + C * D + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v85 = tl.trans(tl.dot(tl.trans(v50).to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v88 = tl.trans(tl.dot(tl.trans(w2).to(DOT_DTYPE), tl.trans(v80).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v89 = (v85 + v88)
-        v47 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v90_c0 = (0.5 * v47 * tl.full((), 1.4142135623730951, DTYPE))
-        v90 = (v89 * (0.5 + (0.5 * tl.math.erf(v90_c0)) + (v90_c0 * tl.exp(((-0.5) * (v47 * v47))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        v91 = ((-1.0) * v90)
-        tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v91)
-    tl.debug_barrier()
-    v45 = tl.load(scratch + 8 * C * HID + 2 * C * BV + C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v69 = tl.load(scratch + 8 * C * HID + 5 * C * BV + C * D + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    for hb in range(0, HID, BH):  # the hidden axis, a block at a time
-        offs_h = hb + tl.arange(0, BH)
-        offs_g = offs_h
-        v91 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v92 = tl.dot(tl.trans(v45).to(DOT_DTYPE), v91.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v57 = tl.dot(tl.trans(v30).to(DOT_DTYPE), v56.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
-        v68 = ((-1.0) * d_new_w1)
-        v70 = tl.dot(v69.to(DOT_DTYPE), tl.trans(v68).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-        v93 = (v70 + v92)
-        v94 = v93
+        v42 = ((-1.0) * d_new_w1)
+        v44 = tl.dot(v43.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58 = (v44 + v57)
+        v59 = v58
         v8 = tl.load(scratch + offs_t[:, None] * HID + offs_h[None, :])
-        v95_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
-        v95 = (v94 * (0.5 + (0.5 * tl.math.erf(v95_c0)) + (v95_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
-        tl.store(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v95)
+        v60_c0 = (0.5 * v8 * tl.full((), 1.4142135623730951, DTYPE))
+        v60 = (v59 * (0.5 + (0.5 * tl.math.erf(v60_c0)) + (v60_c0 * tl.exp(((-0.5) * (v8 * v8))) / (tl.full((), 1.772453850905516, DTYPE)))))
+        tl.store(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v96 = tl.zeros((C, BV), DTYPE)
-    v67 = tl.zeros((C, BV), DTYPE)
+    v61 = tl.zeros((C, BV), DTYPE)
+    v40 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v95 = tl.load(scratch + 7 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
-        v96 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
-        v66 = (v50 * v40[:, None])
+        v60 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
+        v61 += tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v33 = tl.load(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
+        v39 = (v33 * v25[:, None])
         d_new_w2 = tl.load(carries_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
-        v65 = ((-1.0) * d_new_w2)
-        v67 += tl.dot(v66.to(DOT_DTYPE), tl.trans(v65).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v83 = tl.load(scratch + 8 * C * HID + 5 * C * BV + 2 * C * D + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v86 = (v67 + v83)
-    v87 = v86
-    v97 = (v87 + v96)
-    v98 = tl.sum((v97), axis=1)
-    v99 = (v98 / (D))
-    v100 = ((-1.0) * v99)
-    v101 = (v97 + v100[:, None])
-    v14 = tl.load(scratch + 8 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v102 = (2.0 * v14 * v101)
-    v103 = tl.sum((v102), axis=1)
-    v104 = (v103 / (D))
-    v105 = ((-0.5) * v14 * ln_weight[None, :] * v104[:, None] / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v106 = (ln_weight[None, :] * v101 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    v107 = (v105 + v106)
-    v108 = tl.sum((v107), axis=0)
-    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v108.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
+        v38 = ((-1.0) * d_new_w2)
+        v40 += tl.dot(v39.to(DOT_DTYPE), tl.trans(v38).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    v51 = (v40 + local_7)
+    v52 = v51
+    v62 = (v52 + v61)
+    v63 = tl.sum((v62), axis=1)
+    v64 = (v63 / (D))
+    v65 = ((-1.0) * v64)
+    v66 = (v62 + v65[:, None])
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
+    v67 = (2.0 * local_0 * v66)
+    v68 = tl.sum((v67), axis=1)
+    v69 = (v68 / (D))
+    v12 = (local_0 * local_0)
+    v13 = tl.sum((v12), axis=1)
+    v14 = (v13 / (D))
+    v70 = ((-0.5) * local_0 * ln_weight[None, :] * v69[:, None] / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v71 = (ln_weight[None, :] * v66 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v72 = (v70 + v71)
+    v73 = tl.sum((v72), axis=0)
+    tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v73.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
