@@ -394,7 +394,7 @@ class _Parking:
             lines.append("tl.debug_barrier()  # parked tiles other threads stored")
         for v in back:
             if v.id in self.reload:
-                lines.append(f"{self.reload[v.id]}  # again")
+                lines.append(f"{self.reload[v.id]}  # again, parked")
             else:
                 lines.append(f"{name(v)} = tl.load({self.slot[v.id]} + {_offsets(v.axes, False)})  # parked")
         self.held |= {v.id for v in back}

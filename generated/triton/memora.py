@@ -2689,7 +2689,7 @@ def chunk_grad_q_1_bwd_kernel(
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)
     v84 = v72
     v85 = v73
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
@@ -2712,7 +2712,7 @@ def chunk_grad_q_1_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2747,7 +2747,7 @@ def chunk_grad_q_1_bwd_kernel(
         v95 = tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v95)
     tl.debug_barrier()
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v101 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2946,7 +2946,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v85 = v73
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v93 = tl.zeros((C, C), DTYPE)
@@ -2969,7 +2969,7 @@ def chunk_grad_q_2_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3002,7 +3002,7 @@ def chunk_grad_q_2_bwd_kernel(
         v95 = tl.trans(tl.dot(tl.trans(v86).to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v95)
     tl.debug_barrier()
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v100 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3180,8 +3180,8 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v76 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v103 = tl.zeros((C, C), DTYPE)
@@ -3204,7 +3204,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v88 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3238,7 +3238,7 @@ def chunk_grad_k_0_bwd_kernel(
         v105 = tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v103).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v105)
     tl.debug_barrier()
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v111 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3505,7 +3505,7 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -3544,7 +3544,7 @@ def chunk_grad_k_1_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3561,7 +3561,7 @@ def chunk_grad_k_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3597,7 +3597,7 @@ def chunk_grad_k_1_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
@@ -3778,7 +3778,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v82 = tl.load(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v115 = tl.zeros((C, C), DTYPE)
@@ -3814,7 +3814,7 @@ def chunk_grad_k_2_bwd_kernel(
     v102 = v88
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v112 = tl.load(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3850,7 +3850,7 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
     v115 = tl.load(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3866,7 +3866,7 @@ def chunk_grad_k_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v127)
     tl.debug_barrier()
     v94 = tl.load(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3935,11 +3935,11 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v138)  # park
     v139 = (2.0 * v72[:, None] * v138)
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v139)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v140 = (2.0 * local_0 * v138)
     v141 = tl.sum((v140), axis=1)
     v142 = (v141 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v143 = ((-0.5) * ln_weight[None, :] * local_1 * v142[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v143)  # park
     v146 = ((-0.5) * local_0 * ln_weight[None, :] * v142[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -3948,7 +3948,7 @@ def chunk_grad_k_2_bwd_kernel(
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v150)  # park
     v151 = (ln_weight[None, :] * v150 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 2 * HID * D + 2 * HID + 11 * C * HID + 3 * BV * HID + BV + 7 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v144 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v142[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v145 = tl.sum((v144), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
@@ -4166,8 +4166,8 @@ def chunk_grad_k_3_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -4217,7 +4217,7 @@ def chunk_grad_k_3_bwd_kernel(
     v104 = v88
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4242,7 +4242,7 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
     v120 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4272,7 +4272,7 @@ def chunk_grad_k_3_bwd_kernel(
         tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
     v94 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4342,11 +4342,11 @@ def chunk_grad_k_3_bwd_kernel(
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -4357,15 +4357,15 @@ def chunk_grad_k_3_bwd_kernel(
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 6 * HID + 4 * HID * D + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -4415,8 +4415,8 @@ def chunk_grad_k_3_bwd_kernel(
         v110 = (v105[:, None] * d_new_w2)
         tl.store(scratch + 5 * HID + 4 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4727,7 +4727,7 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -4766,7 +4766,7 @@ def chunk_grad_v_0_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4783,7 +4783,7 @@ def chunk_grad_v_0_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4819,7 +4819,7 @@ def chunk_grad_v_0_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
@@ -5023,8 +5023,8 @@ def chunk_grad_v_1_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -5058,7 +5058,7 @@ def chunk_grad_v_1_bwd_kernel(
     v104 = v88
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5081,7 +5081,7 @@ def chunk_grad_v_1_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
     v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5115,7 +5115,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5166,11 +5166,11 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -5181,15 +5181,15 @@ def chunk_grad_v_1_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -5449,7 +5449,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v90 = v79
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v90)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5511,7 +5511,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v97)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -5562,7 +5562,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v136 = tl.zeros((C, C), DTYPE)
     v136_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
@@ -5669,7 +5669,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v94 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v97 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v138 = tl.zeros((C, BV), DTYPE)
@@ -5689,7 +5689,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v138_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v138 += v138_x[:, None] * v138_y * v138_m[:, None] * tl.exp(tl.minimum(v138_a - v94, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v139 = ((-1.0) * local_3 * v138)
     v142 = v139
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 14 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v142)  # park
@@ -5705,7 +5705,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v124 = (v83 * v123)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 15 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_i[None, :], v124)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v96 = local_2
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 16 * C * D + 5 * C * C + 8 * C * BV + offs_s[:, None] * D + offs_o[None, :], v96)  # park
     v114 = tl.zeros((C, BV), DTYPE)
@@ -5764,7 +5764,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 18 * C * D + 5 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_i[None, :], v153)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     v99 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v137 = (local_5 * v99)
     v143 = v137
     v159 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 16 * C * D + 5 * C * C + 9 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
@@ -5962,8 +5962,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -6013,7 +6013,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     v104 = v88
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6038,7 +6038,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 4 * HID * D + 3 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
     v120 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6068,7 +6068,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
     v94 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6138,11 +6138,11 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -6153,15 +6153,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -6209,8 +6209,8 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v110 = (v105[:, None] * d_new_w2)
         tl.store(scratch + 5 * HID * D + 3 * HID + 15 * C * HID + 4 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6416,8 +6416,8 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v76 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v92 = v76
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v109 = tl.zeros((C, C), DTYPE)
@@ -6440,7 +6440,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v87 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6475,7 +6475,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v113 = tl.trans(tl.dot(tl.trans(v93).to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
         tl.store(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v120 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6528,7 +6528,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
@@ -6549,7 +6549,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v110_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
         v110 += v110_x * v110_y[:, None] * v110_m[:, None] * tl.exp(tl.minimum(v110_a - v92, 0.0))
     tl.debug_barrier()  # every slice read before the slots are written again
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = local_2
     tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v112 = (v94 * v110)
@@ -6774,8 +6774,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -6825,7 +6825,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v104 = v88
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6850,7 +6850,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 2 * HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
     v120 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6880,7 +6880,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
     v94 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6950,11 +6950,11 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -6965,15 +6965,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -7021,8 +7021,8 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v110 = (v105[:, None] * d_new_w2)
         tl.store(scratch + 4 * HID + 3 * HID * D + 15 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v110)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7220,7 +7220,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v76)  # park
     v85 = v74
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v85)  # park
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7275,7 +7275,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v88 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v89 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
@@ -7513,7 +7513,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -7552,7 +7552,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7569,7 +7569,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7605,11 +7605,11 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v133 = ((-0.5) * local_0 * local_1 * v132[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v134 = tl.sum((v133), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v134.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -7817,7 +7817,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -7856,7 +7856,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7873,7 +7873,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7909,7 +7909,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (local_1 * v129 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v131 = tl.sum((v130), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -8116,7 +8116,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -8155,7 +8155,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8172,7 +8172,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8208,7 +8208,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
@@ -8413,8 +8413,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -8448,7 +8448,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v104 = v88
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8471,7 +8471,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
     v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8505,7 +8505,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8556,11 +8556,11 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -8571,15 +8571,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -8871,8 +8871,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -8906,7 +8906,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v104 = v88
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8929,7 +8929,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
     v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8963,7 +8963,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9014,11 +9014,11 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -9029,15 +9029,15 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -9326,8 +9326,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -9361,7 +9361,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v104 = v88
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9384,7 +9384,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
     v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9418,7 +9418,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9469,11 +9469,11 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -9484,15 +9484,15 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
@@ -9834,7 +9834,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v110 = tl.zeros((C, C), DTYPE)
@@ -9873,7 +9873,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 8 * C * D + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9890,7 +9890,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
     v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9926,7 +9926,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v127 = (v126 / (D))
     v128 = ((-1.0) * v127)
     v129 = (v125 + v128[:, None])
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v130 = (2.0 * local_0 * v129)
     v131 = tl.sum((v130), axis=1)
     v132 = (v131 / (D))
@@ -10130,8 +10130,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v98 = v81
     v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
     v120 = tl.zeros((C, C), DTYPE)
@@ -10165,7 +10165,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v104 = v88
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10188,7 +10188,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
     v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 9 * C * D + C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10222,7 +10222,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + HID * D + 9 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 8 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10273,11 +10273,11 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v146)  # park
     v147 = (2.0 * v72[:, None] * v146)
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v147)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v148 = (2.0 * local_0 * v146)
     v149 = tl.sum((v148), axis=1)
     v150 = (v149 / (D))
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v151 = ((-0.5) * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v151)  # park
     v154 = ((-0.5) * local_0 * ln_weight[None, :] * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
@@ -10288,15 +10288,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v158)  # park
     v159 = (ln_weight[None, :] * v158 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
-    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
+    local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v152 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v150[:, None] / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * (tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v153 = tl.sum((v152), axis=1)
     tl.debug_barrier()  # parked tiles other threads stored
     v146 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v155 = ((-0.5) * ln_weight[None, :] * local_1 * v146 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v156 = tl.sum((v155), axis=1)
-    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again
+    local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)  # again, parked
     v158 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + HID * D + 12 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v160 = ((-0.5) * local_0 * ln_weight[None, :] * v158 / (((tl.full((), 1e-05, DTYPE) + v68[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v68[:, None])))))
     v161 = tl.sum((v160), axis=1)
