@@ -128,6 +128,8 @@ class _Assembler:
         if not self.hidden:
             self.reads.update({s: load(f"starts_{s}_ptr", axes[s], self.at) for s in states})
         self.rest_args = [f"{n}_ptr" for n in rest]
+        # where a kernel reads the hidden-axis state's blocks: the chunk's start state (the state lives in memory)
+        self.starts = self.sources(states, "starts_{}_ptr", self.at) if self.hidden else None
         # the backward program with the state pass's carry-free values read (made by the local_bwd kernel)
         self.local, self.backward = _carry_free_split(_stored_as_inputs(self.bwd) if self.made else self.bwd, states)
         local = self.local.outputs if self.local else {}
@@ -239,7 +241,7 @@ def _state_forward(a: _Assembler, stored_first: bool) -> Kernel:
     last = "(c + 1) * C >= seq_len"
     outputs = {f"new_{s}": [(f"starts_{s}_ptr", f"({a.at} + 1)", "(c + 1) * C < seq_len"),
                             (f"final_{s}_ptr", "pid", last)] for s in states}
-    b = a.body(part, tokens, a.sources(states, "starts_{}_ptr", a.at), outputs)
+    b = a.body(part, tokens, a.starts, outputs)
     prologue = a.static_loads + _copy_blocks(states, axes, "{}_ptr", "pid", "starts_{}_ptr", "first_chunk")
     return Kernel("chunk_state_fwd_kernel", doc, "up", args + ["scratch_ptr"], prologue,
                   b.lines + keep + ["tl.debug_barrier()  # the next chunk reads the state this one wrote"], [],
@@ -257,8 +259,7 @@ def _copy_blocks(states: list[str], axes: dict, src: str, src_index: str, dst: s
 def _outputs(a: _Assembler) -> Kernel:
     part = _only(a.fwd, ["out"])
     part = _stored_as_inputs(part) if a.made else part
-    sources = a.sources(a.io.states, "starts_{}_ptr", a.at) if a.hidden else None
-    b = a.body(part, {**a.tokens, **a.reads}, sources)
+    b = a.body(part, {**a.tokens, **a.reads}, a.starts)
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["out_ptr"]
     return Kernel("chunk_out_fwd_kernel", "one chunk's outputs, from its stored start state", "chunk",
                   args + (["scratch_ptr"] if b.scratch else []), a.static_loads,
@@ -286,7 +287,6 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
     product: dict[int, bool] = {}
     for v in part.values:
         product[v.id] = v.id not in carried and (is_dot(v) or any(product[a.id] for a in v.args))
-    chosen: set[int] = set()
     seen: set[int] = set()
     frontier = [a for v in part.values if v.id in carried for a in v.args]
     while frontier:
@@ -294,11 +294,9 @@ def carry_free(part: Graph, carries: set[str]) -> list[Value]:
         if v.id in seen or not product[v.id]:
             continue
         seen.add(v.id)
-        if _token_tile(v):
-            chosen.add(v.id)
-        elif len(v.axes) == 2:  # a matrix made from token tiles: its token-tile operands are made first instead
+        if not _token_tile(v) and len(v.axes) == 2:  # a matrix made from token tiles: those are made first instead
             frontier.extend(v.args)
-    return [v for v in part.values if v.id in chosen]
+    return [v for v in part.values if v.id in seen and _token_tile(v)]
 
 
 def _carry_free_split(bwd: Graph, states: list[str]) -> tuple[Graph | None, Graph]:
@@ -354,7 +352,7 @@ def _state_backward(a: _Assembler) -> list[Kernel]:
             loop, [store(f"d_init_{s}_ptr", axes[s], "pid", f"carry_{s}") for s in states], b.scratch,
             value_blocks="columns" if value_local(part) else "none", tiles=b.tiles, sub_chunked=b.products)]
     # in memory: chunk c reads carries[c] (the last chunk's is d_final) and writes carries[c - 1], or d_init
-    sources = {**a.sources(states, "starts_{}_ptr", a.at),
+    sources = {**a.starts,
                **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
     outputs = {f"d_{s}": [(f"carries_{s}_ptr", f"({a.at} - 1)", "c > 0"), (f"d_init_{s}_ptr", "pid", "c == 0")]
                for s in states}
@@ -372,9 +370,8 @@ def _local_values(a: _Assembler) -> Kernel:
     made = a.local
     loads = {**a.tokens, **a.reads, "d_out": load("d_out_ptr", made.inputs["d_out"].axes, "", True)}
     args = [f"starts_{s}_ptr" for s in a.io.states] + a.rest_args + [f"{n}_ptr" for n in a.kept] + ["d_out_ptr"]
-    sources = a.sources(a.io.states, "starts_{}_ptr", a.at) if a.hidden else None
     return _per_chunk(a, "local_bwd", "one chunk's values of the backward state pass that need no adjoint from the "
-                      "next chunk", made, loads, args, listed=True, sources=sources)
+                      "next chunk", made, loads, args, listed=True, sources=a.starts)
 
 
 def _gradients(a: _Assembler) -> list[Kernel]:
@@ -382,7 +379,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
     bwd = a.backward
     loads = {**a.tokens, **a.reads, **a.local_reads, "d_out": load("d_out_ptr", bwd.inputs["d_out"].axes, "", True)}
     if a.hidden:
-        sources = {**a.sources(states, "starts_{}_ptr", a.at),
+        sources = {**a.starts,
                    **{f"d_new_{s}": (f"carries_{s}_ptr", a.at) for s in states}}
     else:
         sources = None
