@@ -1,4 +1,5 @@
-"""Session-wide settings: a compile cache shared by the test session (set before mirasc is imported)."""
+"""Session-wide settings (set before mirasc is imported): a compile cache shared by the test session, NaN-poisoned
+kernel outputs, the Triton interpreter where there is no GPU."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 import tempfile
 
 os.environ.setdefault("MIRASC_CACHE", os.path.join(tempfile.gettempdir(), "mirasc-test-cache"))
+# Outputs the Triton kernels must write in full start as NaN (mirasc.backends.triton.poisoned), so that an element
+# no program writes fails its comparison with the reference.
+os.environ.setdefault("MIRASC_POISON", "1")
 
 # Triton kernels run under the interpreter where there is no GPU; it must be chosen before triton is imported.
 try:
