@@ -520,3 +520,36 @@ def test_mlp_memory_gradient_kernels_read_the_carry_free_values(stem):
     assert sum("= tl.load(local_" in k for k in grads) > len(grads) // 2
     assert any("# again" in k for k in grads)
     assert "'local_bwd': {'grid': 'chunks'" in text[text.index("DESCRIPTION"):]
+
+
+def _three_term_sum(hidden: bool) -> ir.Graph:
+    """out = k·W₁ᵀ + k·W₂ᵀ + k·W₃ᵀ, (t, o) tiles each read by the sum alone; with `hidden`, the first term is a sum
+    over the hidden axis (a kernel with a hidden-block loop)."""
+    g = ir.Graph()
+    k = g.input("k", ("t", "i"))
+    mats = [g.input(f"w{j}", ("o", "i")) for j in range(3)]
+    terms = [g.einsum(("t", "o"), k, w) for w in mats]
+    if hidden:
+        x = g.input("x", ("t", "h"))
+        terms[0] = g.einsum(("t", "o"), x, g.input("u", ("o", "h")))
+    g.outputs = {"out": g.ew(lambda a, b, c: a + b + c, *terms)}
+    return g
+
+
+def test_straight_line_sums_add_each_term_where_it_is_made():
+    """A sum of register tiles in a kernel without hidden-block loops is a running sum: each term joins the sum's
+    tile where it is made, so that no term holds its registers until the last is made. Kernels with loops keep the
+    sum whole (their measured spills went up)."""
+    from mirasc.kernel_body import body
+
+    loads = {n: f"tl.load({n}_ptr)" for n in ("k", "w0", "w1", "w2", "x", "u")}
+    lines = body(_three_term_sum(hidden=False), loads).lines
+    out = next(v for v in _three_term_sum(hidden=False).outputs.values())
+    total = f"v{out.id}"
+    made = [j for j, x in enumerate(lines) if re.match(r"v\d+ = tl\.dot", x)]
+    adds = [j for j, x in enumerate(lines) if x.startswith(f"{total} = ")]
+    assert len(made) == 3 and len(adds) == 3, lines
+    assert all(m < a for m, a in zip(made, adds)) and all(a < m for a, m in zip(adds, made[1:])), lines
+    assert lines[adds[0]].endswith("# a running sum") and f"{total} + " in lines[adds[2]], lines
+    looped = body(_three_term_sum(hidden=True), loads, {"x": ("x_ptr", "0"), "u": ("u_ptr", "0")}).lines
+    assert not any("running sum" in x for x in looped), looped

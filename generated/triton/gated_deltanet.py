@@ -411,10 +411,12 @@ def chunk_state_bwd_kernel(
         v23 = tl.sum((v22), axis=0)
         d_new_w1 = carry_w1
         v27 = (v23 * d_new_w1)
+        v38 = v27  # a running sum
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v33 = (q * v16[:, None])
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v34 = tl.trans(tl.dot(tl.trans(v33).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v38 = v38 + v34
         v9 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
         v13 = (v11 * tl.where(offs_t == nv - 1, 1.0, 0.0))
         v14 = tl.sum((v13), axis=0)
@@ -436,7 +438,7 @@ def chunk_state_bwd_kernel(
         v36 = v35
         v19 = (k * v16[:, None])
         v37 = tl.trans(tl.dot(tl.trans(v19).to(DOT_DTYPE), v36.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v38 = (v27 + v34 + v37)
+        v38 = v38 + v37
         carry_w1 = v38
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))

@@ -249,11 +249,12 @@ def chunk_state_bwd_kernel(
         v10 = tl.sum((v9), axis=0)
         d_new_w1 = carry_w1
         v13 = (v10 * d_new_w1)
+        v16 = v13  # a running sum
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v14 = (q * v8[:, None])
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v15 = tl.trans(tl.dot(tl.trans(v14).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v16 = (v13 + v15)
+        v16 = v16 + v15
         carry_w1 = v16
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))

@@ -252,11 +252,12 @@ def chunk_state_bwd_kernel(
         v11 = tl.sum((v10), axis=0)
         d_new_w1 = carry_w1
         v14 = (v11 * d_new_w1)
+        v17 = v14  # a running sum
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v15 = (q * v9[:, None])
         d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v16 = tl.trans(tl.dot(tl.trans(v15).to(DOT_DTYPE), d_out.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v17 = (v14 + v16)
+        v17 = v17 + v16
         carry_w1 = v17
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))

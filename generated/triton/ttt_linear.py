@@ -177,16 +177,18 @@ def chunk_state_fwd_kernel(
         v13 = tl.sum((v12), axis=1)
         v14 = (v13 / (D))
         v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+        v17 = v15  # a running sum
         v16 = k
-        v17 = (v15 + v16)  # memory output M(x)
+        v17 = v17 + v16
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         v18 = (v17 - v)  # inner gradient signal g = dl/dy
         v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+        v24 = v19  # a running sum
         v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
         v21 = tl.sum((v20), axis=1)
         v22 = (v21 / (D))
         v23 = (2.0 * v11 * v22[:, None])
-        v24 = (v19 + v23)
+        v24 = v24 + v23
         v25 = ((-1.0) * v24)
         v26 = tl.sum((v25), axis=1)
         v27 = (v26 / (D))
@@ -248,16 +250,18 @@ def chunk_out_fwd_kernel(
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
     v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v17 = v15  # a running sum
     v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
+    v17 = v17 + v16
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v23 = (2.0 * v11 * v22[:, None])
+    v24 = v23  # a running sum
     v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
-    v24 = (v19 + v23)
+    v24 = v24 + v19
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
@@ -279,8 +283,9 @@ def chunk_out_fwd_kernel(
     v43 = tl.sum((v42), axis=1)
     v44 = (v43 / (D))
     v45 = (ln_bias[None, :] + (v41 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None]))))))
+    v47 = v45  # a running sum
     v46 = q
-    v47 = (v45 + v46)  # read: M(q_t; W_t)
+    v47 = v47 + v46
     tl.store(out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], v47.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
@@ -327,8 +332,9 @@ def chunk_local_bwd_kernel(
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
     v15 = (ln_bias[None, :] + (v11 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None]))))))
+    v17 = v15  # a running sum
     v16 = k
-    v17 = (v15 + v16)  # memory output M(x)
+    v17 = v17 + v16
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -339,11 +345,12 @@ def chunk_local_bwd_kernel(
     v30 = gate_eta
     v36 = (v35 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v30[None, :])))
     v19 = (ln_weight[None, :] * v18 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
+    v24 = v19  # a running sum
     v20 = ((-0.5) * v11 * ln_weight[None, :] * v18 / (((tl.full((), 1e-05, DTYPE) + v14[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v14[:, None])))))
     v21 = tl.sum((v20), axis=1)
     v22 = (v21 / (D))
     v23 = (2.0 * v11 * v22[:, None])
-    v24 = (v19 + v23)
+    v24 = v24 + v23
     v25 = ((-1.0) * v24)
     v26 = tl.sum((v25), axis=1)
     v27 = (v26 / (D))
@@ -359,11 +366,12 @@ def chunk_local_bwd_kernel(
     v44 = (v43 / (D))
     d_out = tl.load(d_out_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = (ln_weight[None, :] * d_out / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
+    v52 = v47  # a running sum
     v48 = ((-0.5) * v41 * ln_weight[None, :] * d_out / (((tl.full((), 1e-05, DTYPE) + v44[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v44[:, None])))))
     v49 = tl.sum((v48), axis=1)
     v50 = (v49 / (D))
     v51 = (2.0 * v41 * v50[:, None])
-    v52 = (v47 + v51)
+    v52 = v52 + v51
     v53 = ((-1.0) * v52)
     v54 = tl.sum((v53), axis=1)
     v55 = (v54 / (D))
@@ -437,8 +445,9 @@ def chunk_state_bwd_kernel(
         v42 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
         v43 = tl.sum((v42), axis=1)
         v44 = ((-0.5) * local_0 * ln_weight[None, :] * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v48 = v44  # a running sum
         v47 = (ln_weight[None, :] * v36 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v48 = (v44 + v47)
+        v48 = v48 + v47
         v50 = ((-0.5) * local_0 * ln_weight[None, :] * v48 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
         v51 = tl.sum((v50), axis=1)
         v45 = ((-0.5) * ln_weight[None, :] * local_1 * v36 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
@@ -446,22 +455,27 @@ def chunk_state_bwd_kernel(
         v52 = (v43 + v46 + v51)
         v53 = (v52 / (D))
         v54 = (2.0 * local_0 * v53[:, None])
+        v55 = v54  # a running sum
         v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
         v14 = tl.sum((v13), axis=1)
         v15 = (v14 / (D))
         v37 = (2.0 * v15[:, None] * v36)
+        v55 = v55 + v37
         v49 = (ln_weight[None, :] * v48 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+        v55 = v55 + v49
         v41 = ((-0.5) * ln_weight[None, :] * local_1 * v40[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-        v55 = (v37 + v41 + v49 + v54)
+        v55 = v55 + v41
         v56 = ((-1.0) * v55)
         v57 = tl.sum((v56), axis=1)
         v58 = (v57 / (D))
         v59 = (v55 + v58[:, None])
         v60 = tl.trans(tl.dot(tl.trans(k).to(DOT_DTYPE), v59.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
+        v61 = v60  # a running sum
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
         local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
         v32 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), local_2.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-        v61 = (d_new_w1 + v32 + v60)
+        v61 = v61 + v32
+        v61 = v61 + d_new_w1
         carry_w1 = v61
         c += -1
     tl.store(d_init_w1_ptr + pid * D * D + offs_o[:, None] * D + offs_i[None, :], carry_w1.to(d_init_w1_ptr.dtype.element_ty))
@@ -549,8 +563,9 @@ def chunk_grad_q_1_bwd_kernel(
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v18 = v17  # a running sum
     v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
+    v18 = v18 + v13
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -651,8 +666,9 @@ def chunk_grad_k_0_bwd_kernel(
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v18 = v17  # a running sum
     v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
+    v18 = v18 + v13
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -666,13 +682,14 @@ def chunk_grad_k_0_bwd_kernel(
     d_new_w1 = tl.load(carries_w1_ptr + (first_chunk + c) * D * D + offs_o[:, None] * D + offs_i[None, :]).to(DTYPE)
     v33 = ((-1.0) * d_new_w1)
     v35 = tl.dot(v34.to(DOT_DTYPE), v33.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v42 = v35  # a running sum
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :]).to(DTYPE)
     v37 = ((-1.0) * local_2)
     v38 = tl.trans(tl.dot(v30.to(DOT_DTYPE), tl.trans(v37).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
     v40 = (((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v27[None, :])) * v38)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v41 = tl.trans(tl.dot(tl.trans(q).to(DOT_DTYPE), v40.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE))
-    v42 = (v35 + v41)
+    v42 = v42 + v41
     v43 = v42
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v43.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -736,8 +753,9 @@ def chunk_grad_k_1_bwd_kernel(
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = v36  # a running sum
     v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = (v36 + v37)
+    v38 = v38 + v37
     v39 = v38
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], v39.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -804,8 +822,9 @@ def chunk_grad_k_2_bwd_kernel(
     v41 = (0.75 * local_0 * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * (tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v42 = tl.sum((v41), axis=1)
     v43 = ((-0.5) * local_0 * ln_weight[None, :] * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v47 = v43  # a running sum
     v46 = (ln_weight[None, :] * v35 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v47 = (v43 + v46)
+    v47 = v47 + v46
     v49 = ((-0.5) * local_0 * ln_weight[None, :] * v47 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v50 = tl.sum((v49), axis=1)
     v44 = ((-0.5) * ln_weight[None, :] * local_1 * v35 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
@@ -813,13 +832,16 @@ def chunk_grad_k_2_bwd_kernel(
     v51 = (v42 + v45 + v50)
     v52 = (v51 / (D))
     v53 = (2.0 * local_0 * v52[:, None])
+    v54 = v53  # a running sum
     v13 = ((-0.5) * local_0 * ln_weight[None, :] * local_1 / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v14 = tl.sum((v13), axis=1)
     v15 = (v14 / (D))
     v36 = (2.0 * v15[:, None] * v35)
+    v54 = v54 + v36
     v48 = (ln_weight[None, :] * v47 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v54 = v54 + v48
     v40 = ((-0.5) * ln_weight[None, :] * local_1 * v39[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v54 = (v36 + v40 + v48 + v53)
+    v54 = v54 + v40
     v55 = ((-1.0) * v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -995,8 +1017,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v18 = v17  # a running sum
     v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
+    v18 = v18 + v13
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1058,8 +1081,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v18 = v17  # a running sum
     v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
+    v18 = v18 + v13
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1122,8 +1146,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     v15 = tl.sum((v14), axis=1)
     v16 = (v15 / (D))
     v17 = (2.0 * local_0 * v16[:, None])
+    v18 = v17  # a running sum
     v13 = (ln_weight[None, :] * local_1 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v18 = (v13 + v17)
+    v18 = v18 + v13
     v19 = ((-1.0) * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1336,8 +1361,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v34 = tl.sum((v33), axis=1)
     v35 = (v34 / (D))
     v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = v36  # a running sum
     v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = (v36 + v37)
+    v38 = v38 + v37
     v39 = (local_0 * v38 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
     v40 = tl.sum((v39), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v40.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
@@ -1441,7 +1467,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     v10 = tl.sum((v9), axis=1)
     v11 = (v10 / (D))
     v36 = ((-0.5) * local_0 * ln_weight[None, :] * v35[:, None] / (((tl.full((), 1e-05, DTYPE) + v11[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
+    v38 = v36  # a running sum
     v37 = (ln_weight[None, :] * v32 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v11[:, None])))))
-    v38 = (v36 + v37)
+    v38 = v38 + v37
     v39 = tl.sum((v38), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v39.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
