@@ -472,7 +472,7 @@ def _running_sums(segments: list[Value | _Loop], graph: Graph, excluded: set[int
     for v in graph.values:
         for a in _read(v):
             readers[a.id] = readers.get(a.id, 0) + 1
-    at = {seg.id: j for j, seg in enumerate(segments) if not isinstance(seg, _Loop)}
+    at = {seg.id: j for j, seg in enumerate(segments)}
     barriers = [j for j, seg in enumerate(segments) if isinstance(seg.op, ir.DecayedProduct)]
     into: dict[int, Value] = {}
     for u in graph.values:
