@@ -30,7 +30,10 @@ D, T, NEEDLE_AT, CANDIDATES = 32, 256, 100, 10
 
 
 def spec_text(name: str, no_norm: bool) -> str:
-    text = prebuilt_path(name).read_text()
+    path = prebuilt_path(name)
+    if path is None:
+        raise SystemExit(f"{name}: not a prebuilt spec (one of {', '.join(mirasc.prebuilt_names())})")
+    text = path.read_text()
     if no_norm:  # an ablation of the memory's normalisation, not a spec option
         if "norm = layernorm" not in text:
             raise SystemExit(f"{name}: its memory has no LayerNorm to drop")
