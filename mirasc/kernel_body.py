@@ -437,10 +437,7 @@ def _shared_accumulators(graph: Graph, loop_of: dict[int, int]) -> dict[int, Val
     """{term: sum} for each value that is a plain sum of contractions over the hidden axis made in one loop
     (`loop_of`: the loop each looped value is made in), where each term is read by that sum alone: the terms then
     accumulate into the sum's tile (the same additions in another order)."""
-    readers: dict[int, int] = {}
-    for v in graph.values:
-        for a in set(_read(v)):
-            readers[a.id] = readers.get(a.id, 0) + 1
+    readers = _readers(graph)
     outputs = {v.id for v in graph.outputs.values()}
     into: dict[int, Value] = {}
     for u in graph.values:
@@ -468,10 +465,7 @@ def _running_sums(segments: list[Value | _Loop], graph: Graph, excluded: set[int
     Memora 10,280 against 9,504, TTT-MLP 904 against 816, Yaad 2,880 against 3,120)."""
     if any(isinstance(seg, _Loop) for seg in segments):
         return {}
-    readers: dict[int, int] = {}
-    for v in graph.values:
-        for a in _read(v):
-            readers[a.id] = readers.get(a.id, 0) + 1
+    readers = _readers(graph)
     at = {seg.id: j for j, seg in enumerate(segments)}
     barriers = [j for j, seg in enumerate(segments) if isinstance(seg.op, ir.DecayedProduct)]
     into: dict[int, Value] = {}
@@ -485,6 +479,15 @@ def _running_sums(segments: list[Value | _Loop], graph: Graph, excluded: set[int
         if len(early) >= 2 and not any(first < j < at[u.id] for j in barriers):
             into.update({t.id: u for t in early})
     return into
+
+
+def _readers(graph: Graph) -> dict[int, int]:
+    """How many values' lines read each value (mirasc.kernel_body._read)."""
+    readers: dict[int, int] = {}
+    for v in graph.values:
+        for a in set(_read(v)):
+            readers[a.id] = readers.get(a.id, 0) + 1
+    return readers
 
 
 def _read(v: Value) -> list[Value]:

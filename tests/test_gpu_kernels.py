@@ -543,9 +543,9 @@ def test_straight_line_sums_add_each_term_where_it_is_made():
     from mirasc.kernel_body import body
 
     loads = {n: f"tl.load({n}_ptr)" for n in ("k", "w0", "w1", "w2", "x", "u")}
-    lines = body(_three_term_sum(hidden=False), loads).lines
-    out = next(v for v in _three_term_sum(hidden=False).outputs.values())
-    total = f"v{out.id}"
+    graph = _three_term_sum(hidden=False)
+    lines = body(graph, loads).lines
+    total = f"v{graph.outputs['out'].id}"
     made = [j for j, x in enumerate(lines) if re.match(r"v\d+ = tl\.dot", x)]
     adds = [j for j, x in enumerate(lines) if x.startswith(f"{total} = ")]
     assert len(made) == 3 and len(adds) == 3, lines
