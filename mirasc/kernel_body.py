@@ -10,6 +10,8 @@ each (C, D) accumulator of fp32 holds 16 to 32 registers a thread at C = D = 64 
 would hold too many of the chunk's tiles through its blocks is split (`_split_loops`), and a tile a loop passes
 without reading it waits in scratch memory rather than in registers (`_parked`), as do, between the loops, the
 tiles read again furthest away whenever more than PARK_UNITS would be live at once.
+A narrow output the caller names in `early_stores` is stored on the line after it is made, so that it leaves the
+registers there.
 """
 
 from __future__ import annotations
@@ -199,15 +201,18 @@ def _split_loops(segments: list[Value | _Loop], into: dict[int, Value]) -> list[
 def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None,
-         reloadable: frozenset[str] = frozenset()) -> Body:
+         reloadable: frozenset[str] = frozenset(), early_stores: dict[str, str] | None = None) -> Body:
     """The lines computing the graph's outputs.
 
     loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
     blocks are read (pointer, index). wide_outputs: for an output that is wide, where its blocks go
     ([(pointer, index, mask)]); a narrow output is the caller's to use. reloadable: narrow inputs that are parked
     as made values are (below), by loading them again instead of storing them: values an earlier kernel made and
-    stored for this chunk, which would otherwise hold their registers from their first reader to their last."""
+    stored for this chunk, which would otherwise hold their registers from their first reader to their last.
+    early_stores: the store of a narrow output, emitted where the output is made rather than by the caller after
+    the last line, so that its tile can leave the registers there (or be parked, if read again)."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
+    early_stores = early_stores or {}
     order = schedule(graph)
     segments = _segments(order)
     segments = _split_loops(segments, _shared_accumulators(graph, _loop_of(segments)))
@@ -228,7 +233,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     reload = {v.id: f"{v.op.name} = {loads[v.op.name]}" for v in order
               if isinstance(v.op, ir.Input) and v.op.name in reloadable and v.op.name in loads}
     running = _running_sums(segments, graph, set(out_of) | accumulated)
-    evicted = _parked(segments, set(out_of) | accumulated | set(running), set(reload))
+    held_out = {i for i, n in out_of.items() if n not in early_stores}  # the caller stores these after the lines
+    evicted = _parked(segments, held_out | accumulated | set(running), set(reload))
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
     for v in (v for seg in segments for v in (seg.values if isinstance(seg, _Loop) else [seg])
@@ -272,6 +278,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
                 lines.append(f"{name(total)} = {name(total)} + {name(seg)}" if total.id in started
                              else f"{name(total)} = {name(seg)}  # a running sum")
                 started.add(total.id)
+            lines += [early_stores[out_of[seg.id]]] if out_of.get(seg.id) in early_stores else []
             parking.made([seg], lines)
             continue
         before, inside, after, fetched = [], [], [], set()
@@ -298,6 +305,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         lines += ["    " + x for x in inside] + after
         if any("tl.store" in x for x in inside):  # other threads read these blocks next
             lines.append("tl.debug_barrier()")
+        lines += [early_stores[out_of[v.id]] for v in seg.values if out_of.get(v.id) in early_stores]
         parking.made(seg.values, lines)
     products = any(isinstance(v.op, ir.DecayedProduct) for v in order)
     return Body(lines, [v.axes for v in kept], peak_units(graph, order), products)

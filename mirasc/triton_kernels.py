@@ -140,8 +140,9 @@ class _Assembler:
         return {n: (ptr.format(n), index) for n in names}
 
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
-             reload_locals: bool = False) -> Body:
-        return body(part, loads, sources, outputs, reloadable=frozenset(self.local_reads if reload_locals else ()))
+             reload_locals: bool = False, early_stores: dict[str, str] | None = None) -> Body:
+        return body(part, loads, sources, outputs, reloadable=frozenset(self.local_reads if reload_locals else ()),
+                    early_stores=early_stores)
 
 
 def kernels(io: KernelIO, forward: Graph, backward: Graph) -> list[Kernel]:
@@ -189,8 +190,9 @@ def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args
     [n_chunks, axes...] buffer (a program past its sequence's last chunk writes nothing); `args` come before those
     buffers. By value blocks when every value column depends on its own column only. `listed`: the kernel names
     its outputs in `makes` (DESCRIPTION's "local")."""
-    b = a.body(made, loads, sources)
-    lines = b.lines + [store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()]
+    stores = {n: store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()}
+    b = a.body(made, loads, sources, early_stores=stores)
+    lines = b.lines
     by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
                   (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,

@@ -62,9 +62,10 @@ DESCRIPTION = {'spec': 'titans',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['t', 'h'],
-                                       ['s', 'u'],
+                                       ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'u'],
-                                       ['t', 's'],
                                        ['t', 's'],
                                        ['t', 'i'],
                                        ['t', 'i']],
@@ -1021,7 +1022,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 4 * C * C + 2 * C * D)  # v12, v13, v79, v81, v82, v61, v59, v62, v78, v72, v70
+    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * BV + 2 * C * C + 2 * C * D)  # v12, v13, v79, v81, v82, v18, v35, v88, v59, v62, v72, v70
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1039,6 +1040,8 @@ def chunk_local_bwd_kernel(
     v16 = tl.sum((v14), axis=1)
     v17 = (v16 / (D))
     v18 = (v14 - v17[:, None])
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     v19 = (v18 * v18)
     v20 = tl.sum((v19), axis=1)
     v21 = (v20 / (D))
@@ -1047,6 +1050,9 @@ def chunk_local_bwd_kernel(
     v24 = (v22 + v23)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v25 = (v24 - v)  # inner gradient signal g = dl/dy
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v18 = tl.load(scratch + 5 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v18 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v21[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v21[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
@@ -1057,7 +1063,11 @@ def chunk_local_bwd_kernel(
     v33 = tl.sum((v32), axis=1)
     v34 = (v33 / (D))
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v88 = v35
+    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_theta = tl.load(gate_theta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v51 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_theta))
@@ -1070,8 +1080,8 @@ def chunk_local_bwd_kernel(
     v50 = gate_eta
     v69 = (v57 * v50)
     v104 = (v88 * v69[:, None])
+    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v104.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     v61 = tl.trans(((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v52[:, None] - v53[None, :]))))) * v50[None, :])))
-    tl.store(scratch + 5 * C * HID + offs_s[:, None] * C + offs_u[None, :], v61)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
@@ -1083,32 +1093,28 @@ def chunk_local_bwd_kernel(
     v67 = (v61 * v66[None, :])
     v68 = tl.sum((v67), axis=1)
     v105 = (v88 * v68[:, None])
+    tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     v59 = ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.exp((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * (v43[:, None] - v44[None, :])))))
-    tl.store(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_u[None, :], v59)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * C + offs_u[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :], v59)  # park
     v62 = tl.dot(v59.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v75 = k
     v77 = tl.dot(q.to(DOT_DTYPE), tl.trans(v75).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v78 = (v77 * v62)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v78)  # park
     v58 = tl.exp(v52)  # cumulative decay in the chunk
     v63 = v58
     tl.debug_barrier()  # parked tiles other threads stored
-    v59 = tl.load(scratch + 5 * C * HID + C * C + offs_t[:, None] * C + offs_u[None, :])  # parked
+    v59 = tl.load(scratch + 5 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_u[None, :])  # parked
     v64 = (v59 * v63[None, :])
     v65 = tl.sum((v64), axis=1)
     v72 = (q * v65[:, None])
-    tl.store(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v49 = tl.exp(v43)  # cumulative decay in the chunk
     v70 = (q * v49[:, None])
-    tl.store(scratch + 5 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 5 * C * HID + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1121,8 +1127,8 @@ def chunk_local_bwd_kernel(
         v79 = tl.dot(v78.to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 5 * C * HID + 4 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 5 * C * HID + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 5 * C * HID + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1158,8 +1164,9 @@ def chunk_local_bwd_kernel(
         v87 = v13
         v81 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v87).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v62 = tl.load(scratch + 5 * C * HID + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v62 = tl.load(scratch + 5 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v90 = (v89 * v62)
+    v88 = tl.load(scratch + 5 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v91 = tl.dot(v90.to(DOT_DTYPE), v88.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v92 = (v86 - v91)
     v93 = tl.sum((v92), axis=1)
@@ -1179,20 +1186,14 @@ def chunk_local_bwd_kernel(
     v113 = tl.sum((v112), axis=1)
     v114 = (v113 / (D))
     v115 = (v111 + v114[:, None])
-    v116 = ((-1.0) * v115)
-    v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v118 = (v115 * v65[:, None])
-    v119 = (v115 * v49[:, None])
-    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v88.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v104.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v115.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
+    v116 = ((-1.0) * v115)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v116.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
+    v117 = tl.dot(tl.trans(v90).to(DOT_DTYPE), v116.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v117.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
+    v118 = (v115 * v65[:, None])
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v118.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
+    v119 = (v115 * v49[:, None])
     tl.store(local_10_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v119.to(local_10_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

@@ -328,6 +328,7 @@ def chunk_local_bwd_kernel(
     v9 = tl.sum((v7), axis=1)
     v10 = (v9 / (D))
     v11 = (v7 - v10[:, None])
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v11.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
     v12 = (v11 * v11)
     v13 = tl.sum((v12), axis=1)
     v14 = (v13 / (D))
@@ -337,6 +338,7 @@ def chunk_local_bwd_kernel(
     v17 = v17 + v16
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v18 = (v17 - v)  # inner gradient signal g = dl/dy
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v32 = tl.dot(q.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     v33 = k
@@ -376,11 +378,9 @@ def chunk_local_bwd_kernel(
     v54 = tl.sum((v53), axis=1)
     v55 = (v54 / (D))
     v56 = (v52 + v55[:, None])
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v56.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     v57 = ((-1.0) * v56)
     v58 = tl.dot(tl.trans(v36).to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v11.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v18.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v56.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v58.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])

@@ -56,6 +56,8 @@ DESCRIPTION = {'spec': 'ttt_mlp',
                                        ['t', 'h'],
                                        ['s', 'h'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
                                        ['t', 's']],
@@ -594,7 +596,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 2 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v22, v45, v49, v53
+    scratch = scratch_ptr + slot * (6 * C * HID + 4 * C * BV + 2 * C * C)  # v8, v9, v41, v43, v48, v50, v14, v22, v51, v45, v49, v53
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v10 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -612,6 +614,8 @@ def chunk_local_bwd_kernel(
     v12 = tl.sum((v10), axis=1)
     v13 = (v12 / (D))
     v14 = (v10 - v13[:, None])
+    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v14.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v14)  # park
     v15 = (v14 * v14)
     v16 = tl.sum((v15), axis=1)
     v17 = (v16 / (D))
@@ -620,30 +624,36 @@ def chunk_local_bwd_kernel(
     v20 = (v18 + v19)  # memory output M(x)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_o[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v21 = (v20 - v)  # inner gradient signal g = dl/dy
+    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v21.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     v22 = (ln_weight[None, :] * v21 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
-    tl.store(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :], v22)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v14 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = ((-0.5) * v14 * ln_weight[None, :] * v21 / (((tl.full((), 1e-05, DTYPE) + v17[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v17[:, None])))))
     v24 = tl.sum((v23), axis=1)
     v25 = (v24 / (D))
     v26 = (2.0 * v14 * v25[:, None])
-    tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v22 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = (v22 + v26)
     v28 = ((-1.0) * v27)
     v29 = tl.sum((v28), axis=1)
     v30 = (v29 / (D))
     v31 = (v27 + v30[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
+    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v31.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
     v51 = v31
+    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
+    tl.store(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v51)  # park
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * 1 + (tok + offs_t), mask=(offs_t < nv), other=1.0)
     v38 = gate_eta
     v40 = (v37 * v38)
     v65 = (v51 * v40[:, None])
+    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + offs_t)[:, None] * D + offs_i[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v42 = k
     v44 = tl.dot(q.to(DOT_DTYPE), tl.trans(v42).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v45 = (v44 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v45)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -658,7 +668,7 @@ def chunk_local_bwd_kernel(
         v43 = v33
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v45 = tl.load(scratch + 6 * C * HID + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v45 = tl.load(scratch + 6 * C * HID + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     v49 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -676,7 +686,7 @@ def chunk_local_bwd_kernel(
         v50 = v9
         tl.store(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    tl.store(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v49)  # park
     v52 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -685,10 +695,11 @@ def chunk_local_bwd_kernel(
         v50 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v48.to(DOT_DTYPE), tl.trans(v50).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     v53 = (v52 * ((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * v38[None, :])))
-    tl.store(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
-    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    tl.store(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 6 * C * HID + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+    v49 = tl.load(scratch + 6 * C * HID + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v49 - v54)
     v56 = tl.sum((v55), axis=1)
     v57 = (v56 / (D))
@@ -707,16 +718,11 @@ def chunk_local_bwd_kernel(
     v73 = tl.sum((v72), axis=1)
     v74 = (v73 / (D))
     v75 = (v71 + v74[:, None])
-    v76 = ((-1.0) * v75)
-    v53 = tl.load(scratch + 6 * C * HID + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v14.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v21.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v31.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v51.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v65.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
+    v76 = ((-1.0) * v75)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v76.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
+    v53 = tl.load(scratch + 6 * C * HID + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v77 = tl.dot(tl.trans(v53).to(DOT_DTYPE), v76.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v77.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
 @triton.jit(do_not_specialize=["T", "chunk_base"])
